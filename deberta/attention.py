@@ -1,0 +1,110 @@
+"""Disentangled attention kernels behind one small interface.
+
+Every backend computes, per batch b and head h, for query i and key j:
+
+    score[i, j] = q_i . k_j                 content -> content
+                + q_i . pos_key[r(i, j)]    content -> position (c2p)
+                + k_j . pos_query[r(i, j)]  position -> content (p2c)
+    out_i = sum_j softmax_j(score[i, :] masked) v_j
+
+where r(i, j) is the (bucketed, clamped) relative distance index of i to j into the
+relative embedding table, and all three terms share one scale 1/sqrt(d * n_terms).
+
+The scale is applied to q and pos_query *before* the products, never after: in fp16 an
+unscaled c2p product of two 64-dim vectors can exceed 65504 on long sequences, which is
+how other DeBERTa code overflows (its v2 code divides c2p/p2c after the product).
+
+Inputs (all backends):
+    query, key, value: [B, H, L, d]
+    pos_key, pos_query: [H, 2S, d] projections of the relative embeddings, or None when
+        the c2p / p2c term is off
+    rel_index: [L, L] long, r(i, j) in [0, 2S)
+    mask: [B, L] bool/int padding mask (1 = real token). As in the reference
+        implementations, a padded query row attends to nothing real; it gets a uniform
+        distribution over all keys (its output is never used).
+    scale: the common 1/sqrt(d * n_terms)
+    dropout_p: attention-probability dropout (0 in eval)
+Returns [B, H, L, d].
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+Backend = Callable[..., torch.Tensor]
+
+
+def relative_bias(query, key, pos_key, pos_query, rel_index, scale):
+    """c2p + p2c scores, [B, H, L, L], computed from pre-scaled operands."""
+    batch, heads, length, _ = query.shape
+    index = rel_index.expand(batch, heads, length, length)
+    bias = None
+    if pos_key is not None:
+        # [B,H,L,d] @ [H,d,2S] -> [B,H,L,2S], then pick column r(i, j) for each key j.
+        c2p = torch.matmul(query * scale, pos_key.transpose(-1, -2).to(query.dtype))
+        bias = torch.gather(c2p, -1, index)
+    if pos_query is not None:
+        # k_j . pos_query[r(i, j)]: row j of k @ pos_query^T, column r(i, j); r is
+        # antisymmetric in (i, j) around S, so gathering row j at r(i, j) is a transpose.
+        p2c = torch.matmul(key, (pos_query * scale).transpose(-1, -2).to(key.dtype))
+        p2c = torch.gather(p2c, -1, index.transpose(-1, -2)).transpose(-1, -2)
+        bias = p2c if bias is None else bias + p2c
+    return bias
+
+
+def _pair_mask(mask: torch.Tensor) -> torch.Tensor:
+    """[B, L] padding mask -> [B, 1, L, L] bool, true where both query and key are real."""
+    mask = mask.bool()
+    return mask[:, None, None, :] & mask[:, None, :, None]
+
+
+def eager_attention(query, key, value, pos_key, pos_query, rel_index, mask, scale,
+                    dropout_p: float = 0.0):
+    """The reference: plain PyTorch operations, easiest to read and to check."""
+    scores = torch.matmul(query * scale, key.transpose(-1, -2))
+    bias = relative_bias(query, key, pos_key, pos_query, rel_index, scale)
+    if bias is not None:
+        scores = scores + bias
+    scores = scores.masked_fill(~_pair_mask(mask), torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1)
+    if dropout_p > 0:
+        probs = F.dropout(probs, p=dropout_p, training=True)
+    return torch.matmul(probs, value)
+
+
+def sdpa_attention(query, key, value, pos_key, pos_query, rel_index, mask, scale,
+                   dropout_p: float = 0.0):
+    """PyTorch's fused scaled_dot_product_attention with the relative terms as its bias.
+
+    The [B,H,L,L] probabilities and dropout mask are not kept for backward, which saves
+    memory and time; the relative bias is still materialised once.
+    """
+    bias = relative_bias(query, key, pos_key, pos_query, rel_index, scale)
+    if bias is None:
+        bias = torch.zeros((), dtype=query.dtype, device=query.device).expand(
+            query.shape[0], query.shape[1], query.shape[2], key.shape[2])
+    # masked_fill, not addition: min + a negative bias would round to -inf in half
+    # precision, and a padded query row of all -inf would turn into NaN.
+    bias = bias.masked_fill(~_pair_mask(mask), torch.finfo(query.dtype).min)
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout_p,
+                                          scale=scale)
+
+
+ATTENTION_BACKENDS: dict[str, Backend] = {
+    "eager": eager_attention,
+    "sdpa": sdpa_attention,
+}
+
+
+def get_backend(name: str) -> Backend:
+    try:
+        return ATTENTION_BACKENDS[name]
+    except KeyError:
+        raise ValueError(f"unknown attention backend {name!r}; available: {sorted(ATTENTION_BACKENDS)}") from None
+
+
+def register_backend(name: str, backend: Backend) -> None:
+    """Add a backend (fused kernels live in later modules and register here)."""
+    ATTENTION_BACKENDS[name] = backend

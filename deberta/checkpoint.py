@@ -1,0 +1,345 @@
+"""Model folders: our native format, Hugging Face DeBERTa / DeBERTa-v2, official state dicts.
+
+A native folder holds
+    config.json        {"format": "deberta-pipeline-model", "format_version": 1,
+                        "head": "<head name>", "config": {DebertaConfig fields}}
+    model.safetensors  weights under our (= the official v2) names, backbone under "deberta."
+    tokenizer files    spm.model, or vocab.json + merges.txt
+
+``load_model`` also reads Hugging Face folders (config.json with ``model_type`` "deberta" or
+"deberta-v2", model.safetensors [sharded] or pytorch_model.bin) and official releases
+(pytorch.model.bin with model_config.json). Weights that the model lacks or that the file
+lacks are an error listing them; a head is only ever re-initialised when the caller asks
+for a different head than the folder's, and that is logged.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .model import HEADS, DebertaConfig, DebertaModel, DebertaPreTrained, build_model
+
+logger = logging.getLogger(__name__)
+
+NATIVE_FORMAT = "deberta-pipeline-model"
+NATIVE_FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+OFFICIAL_WEIGHTS_FILE = "pytorch.model.bin"
+OFFICIAL_CONFIG_FILE = "model_config.json"
+BACKBONE_PREFIX = "deberta."
+
+# Hugging Face architecture suffixes <-> our heads.
+HF_HEAD_SUFFIXES = {
+    "Model": "backbone",
+    "ForMaskedLM": "masked_lm",
+    "ForSequenceClassification": "sequence_classification",
+    "ForTokenClassification": "token_classification",
+    "ForQuestionAnswering": "question_answering",
+    "ForMultipleChoice": "multiple_choice",
+}
+# Fields of a Hugging Face config that describe the framework, not the architecture.
+HF_FRAMEWORK_FIELDS = {
+    "architectures", "transformers_version", "torch_dtype", "dtype", "id2label", "label2id",
+    "bos_token_id", "eos_token_id", "legacy", "tie_word_embeddings", "pooler_hidden_size",
+    "output_hidden_states", "output_attentions", "return_dict", "problem_type", "model_type",
+    "_name_or_path", "use_cache", "is_encoder_decoder", "z_steps",
+}
+
+
+class CheckpointError(ValueError):
+    """A model folder that cannot be loaded as asked."""
+
+
+# ---------------------------------------------------------------------------------------
+# Native folders
+# ---------------------------------------------------------------------------------------
+def _canonical_state(model: DebertaPreTrained) -> dict[str, torch.Tensor]:
+    state = model.state_dict()
+    if isinstance(model, DebertaModel):  # a bare backbone: store it as a head model would
+        state = {BACKBONE_PREFIX + k: v for k, v in state.items()}
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def _write_json_atomic(path: Path, values: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(values, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_model(model: DebertaPreTrained, folder: str | Path, tokenizer=None, extra: dict | None = None) -> Path:
+    """Write a native model folder; each file goes to a temporary name and is renamed."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / (WEIGHTS_FILE + ".tmp")
+    save_file(_canonical_state(model), str(tmp), metadata={"format": NATIVE_FORMAT})
+    os.replace(tmp, folder / WEIGHTS_FILE)
+    if tokenizer is not None:
+        tokenizer.save(folder)
+    _write_json_atomic(folder / CONFIG_FILE, {
+        "format": NATIVE_FORMAT, "format_version": NATIVE_FORMAT_VERSION, "head": model.head,
+        "config": model.config.to_dict(), **(extra or {})})
+    return folder
+
+
+def read_folder(path: str | Path) -> tuple[DebertaConfig, str, dict[str, torch.Tensor]]:
+    """(config, head, state dict in native names) of a native, Hugging Face or official folder."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model folder not found: {path}")
+    config_path = path / CONFIG_FILE
+    if config_path.is_file():
+        values = _read_json(config_path)
+        if values.get("format") == NATIVE_FORMAT:
+            if values.get("format_version") != NATIVE_FORMAT_VERSION:
+                raise CheckpointError(f"{config_path}: format_version {values.get('format_version')} is not "
+                                      f"supported (this code reads version {NATIVE_FORMAT_VERSION})")
+            try:
+                config = DebertaConfig.from_dict(values["config"])
+            except (TypeError, ValueError) as error:
+                raise CheckpointError(f"{config_path}: {error}") from None
+            return config, values["head"], load_file(str(path / WEIGHTS_FILE))
+        if values.get("model_type") in ("deberta", "deberta-v2"):
+            state = _read_hf_weights(path)
+            config = _config_from_reference(values, state, config_path)
+            return config, _hf_head(values, state), reference_to_native(state, config)
+        raise CheckpointError(f"{config_path}: neither a native model folder (format={NATIVE_FORMAT!r}) nor a "
+                              f"Hugging Face DeBERTa one (model_type 'deberta' or 'deberta-v2')")
+    if (path / OFFICIAL_WEIGHTS_FILE).is_file() and (path / OFFICIAL_CONFIG_FILE).is_file():
+        values = _read_json(path / OFFICIAL_CONFIG_FILE)
+        state = torch.load(path / OFFICIAL_WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        # Official configs do not name the version; v2 introduced the separate projections.
+        model_type = "deberta" if any(k.endswith("attention.self.in_proj.weight") for k in state) else "deberta-v2"
+        values = {**values, "model_type": model_type}
+        config = _config_from_reference(values, state, path / OFFICIAL_CONFIG_FILE)
+        return config, _hf_head(values, state), reference_to_native(state, config)
+    raise FileNotFoundError(f"{path}: no {CONFIG_FILE}, and no official {OFFICIAL_WEIGHTS_FILE} with "
+                            f"{OFFICIAL_CONFIG_FILE}")
+
+
+def load_model(path: str | Path, head: str | None = None, **config_overrides) -> DebertaPreTrained:
+    """The model of a native, Hugging Face or official folder, with its head.
+
+    ``head`` other than the folder's puts a new, freshly initialised head on the stored
+    backbone (finetuning a pretrained model); every backbone weight must still be there.
+    ``config_overrides`` change non-shape fields such as dropout or num_labels.
+    """
+    config, stored_head, state = read_folder(path)
+    if config_overrides:
+        config = DebertaConfig.from_dict({**config.to_dict(), **config_overrides})
+    head = head or stored_head
+    model = build_model(config, head)
+    if head != stored_head:
+        kept = {k: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
+        dropped = sorted(set(state) - set(kept))
+        if dropped:
+            logger.info("%s: head %r replaced by %r; unused weights: %s", path, stored_head, head, dropped)
+        state = kept
+    if isinstance(model, DebertaModel):
+        state = {k[len(BACKBONE_PREFIX):]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shape mismatches
+        raise CheckpointError(f"{path}: {error}") from None
+    missing = list(result.missing_keys)
+    if head != stored_head:
+        fresh = [k for k in missing if not k.startswith(BACKBONE_PREFIX)]
+        missing = [k for k in missing if k.startswith(BACKBONE_PREFIX)]
+        logger.info("%s: new %s head, initialised: %s", path, head, fresh)
+    if missing or result.unexpected_keys:
+        raise CheckpointError(f"{path}: weights do not match the {head} model; missing from the folder: "
+                              f"{missing}; in the folder but not in the model: {list(result.unexpected_keys)}")
+    return model
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path}: not valid JSON ({error})") from None
+
+
+# ---------------------------------------------------------------------------------------
+# Hugging Face and official folders
+# ---------------------------------------------------------------------------------------
+def _read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
+    if (path / WEIGHTS_FILE).is_file():
+        return load_file(str(path / WEIGHTS_FILE))
+    index = path / (WEIGHTS_FILE + ".index.json")
+    if index.is_file():
+        state = {}
+        for shard in sorted(set(_read_json(index)["weight_map"].values())):
+            state.update(load_file(str(path / shard)))
+        return state
+    if (path / "pytorch_model.bin").is_file():
+        return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"{path}: no {WEIGHTS_FILE}, sharded safetensors index or pytorch_model.bin")
+
+
+def _hf_head(values: dict, state: dict) -> str:
+    for architecture in values.get("architectures") or []:
+        for suffix, head in HF_HEAD_SUFFIXES.items():
+            if architecture in (f"Deberta{suffix}", f"DebertaV2{suffix}"):
+                return head
+    # Official state dicts name no architecture; their head weights tell.
+    if any(k.startswith(("lm_predictions.", "cls.predictions.")) for k in state):
+        return "masked_lm"
+    if any(k.startswith("mask_predictions.") for k in state):
+        return "replaced_token_detection"
+    return "backbone"
+
+
+# What the reference code assumes where a config is silent (its config classes and getattr
+# defaults), which differ from our v3 defaults.
+REFERENCE_DEFAULTS = dict(
+    relative_attention=False, position_biased_input=True, pos_att_type=(), max_relative_positions=-1,
+    position_buckets=-1, share_att_key=False, norm_rel_ebd="none", conv_kernel_size=0, conv_act="tanh",
+    conv_groups=1, type_vocab_size=0, layer_norm_eps=1e-7,
+)
+V2_ONLY_FIELDS = ("position_buckets", "share_att_key", "norm_rel_ebd", "conv_kernel_size", "conv_act",
+                  "conv_groups", "attention_head_size")
+
+
+def _config_from_reference(values: dict, state: dict, source: Path) -> DebertaConfig:
+    known = set(DebertaConfig.__dataclass_fields__)
+    given = {k: v for k, v in values.items() if k in known and v is not None}
+    if values["model_type"] == "deberta":  # v1 code ignores these fields
+        given = {k: v for k, v in given.items() if k not in V2_ONLY_FIELDS}
+    fields = {**REFERENCE_DEFAULTS, **given}
+    if values.get("id2label"):
+        fields["num_labels"] = len(values["id2label"])
+    if values.get("pooler_hidden_size", fields.get("hidden_size")) != fields.get("hidden_size"):
+        raise CheckpointError(f"{source}: pooler_hidden_size must equal hidden_size")
+    if "emd_layers" not in values:
+        # Official checkpoints keep the absolute positions the enhanced mask decoder used;
+        # Hugging Face drops them on load. Keep them and the decoder where they are present.
+        has_positions = any(k.endswith("embeddings.position_embeddings.weight") for k in state)
+        fields["emd_layers"] = 2 if has_positions and not fields["position_biased_input"] else 0
+    try:
+        return DebertaConfig(**fields)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{source}: {error}") from None
+
+
+_V1_LAYER = re.compile(r"^(.*attention\.self\.)(in_proj\.weight|q_bias|v_bias|pos_proj\.weight|pos_q_proj\.(weight|bias))$")
+_HF_LEGACY_MLM = {
+    "cls.predictions.transform.dense.": "lm_predictions.lm_head.dense.",
+    "cls.predictions.transform.LayerNorm.": "lm_predictions.lm_head.LayerNorm.",
+    "cls.predictions.bias": "lm_predictions.lm_head.bias",
+}
+
+
+def _split_in_proj(weight: torch.Tensor, num_heads: int):
+    """v1's fused projection interleaves per head: rows [h*3d, h*3d+d) are head h's query,
+    the next d its key, the next d its value."""
+    heads = weight.view(num_heads, 3, -1, weight.shape[-1])
+    return [heads[:, i].reshape(-1, weight.shape[-1]) for i in range(3)]
+
+
+def reference_to_native(state: dict[str, torch.Tensor], config: DebertaConfig) -> dict[str, torch.Tensor]:
+    """Hugging Face / official weight names -> ours."""
+    state = dict(state)
+    if any(k.startswith("embeddings.") for k in state):  # a bare base model
+        state = {(BACKBONE_PREFIX + k if k.startswith(("embeddings.", "encoder.")) else k): v
+                 for k, v in state.items()}
+    out = {}
+    for key, value in state.items():
+        if key.endswith("position_ids") or key in ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias"):
+            continue  # a buffer, and the output layer tied to the word embeddings
+        for old, new in _HF_LEGACY_MLM.items():
+            if key.startswith(old):
+                key = new + key[len(old):]
+        match = _V1_LAYER.match(key) if config.model_type == "deberta" else None
+        if match is None:
+            out[key] = value
+            continue
+        prefix, name = match.group(1), match.group(2)
+        if name == "in_proj.weight":
+            parts = _split_in_proj(value, config.num_attention_heads)
+            for proj, part in zip(("query_proj", "key_proj", "value_proj"), parts):
+                out[f"{prefix}{proj}.weight"] = part
+        elif name == "q_bias":
+            out[prefix + "query_proj.bias"] = value
+        elif name == "v_bias":
+            out[prefix + "value_proj.bias"] = value
+        elif name == "pos_proj.weight":
+            out[prefix + "pos_key_proj.weight"] = value
+        else:
+            out[prefix + "pos_query_proj." + name.split(".")[-1]] = value
+    return out
+
+
+def native_to_reference(state: dict[str, torch.Tensor], config: DebertaConfig) -> dict[str, torch.Tensor]:
+    """Our weight names -> Hugging Face's (legacy MLM head names, v1's fused projection)."""
+    out = {}
+    for key, value in state.items():
+        for hf_name, native in _HF_LEGACY_MLM.items():
+            if key.startswith(native):
+                key = hf_name + key[len(native):]
+        out[key] = value
+    if "cls.predictions.bias" in out:
+        out["cls.predictions.decoder.weight"] = out[BACKBONE_PREFIX + "embeddings.word_embeddings.weight"]
+        out["cls.predictions.decoder.bias"] = out["cls.predictions.bias"]
+    if config.model_type == "deberta":
+        for key in [k for k in out if k.endswith("attention.self.query_proj.weight")]:
+            prefix = key[: -len("query_proj.weight")]
+            q, k, v = (out.pop(prefix + f"{p}_proj.weight") for p in ("query", "key", "value"))
+            out[prefix + "in_proj.weight"] = torch.stack(
+                [t.view(config.num_attention_heads, -1, t.shape[-1]) for t in (q, k, v)], dim=1
+            ).reshape(-1, q.shape[-1])
+            out[prefix + "q_bias"] = out.pop(prefix + "query_proj.bias")
+            out[prefix + "v_bias"] = out.pop(prefix + "value_proj.bias")
+            if prefix + "pos_key_proj.weight" in out:
+                out[prefix + "pos_proj.weight"] = out.pop(prefix + "pos_key_proj.weight")
+            for name in ("weight", "bias"):
+                if prefix + f"pos_query_proj.{name}" in out:
+                    out[prefix + f"pos_q_proj.{name}"] = out.pop(prefix + f"pos_query_proj.{name}")
+    return out
+
+
+def hf_config(config: DebertaConfig, head: str) -> dict:
+    """A Hugging Face config.json for ``config`` (our extra fields ride along; HF keeps them)."""
+    prefix = "DebertaV2" if config.model_type == "deberta-v2" else "Deberta"
+    suffix = {head: suffix for suffix, head in HF_HEAD_SUFFIXES.items()}.get(head)
+    if suffix is None:
+        raise CheckpointError(f"transformers has no DeBERTa class for the {head} head")
+    if head == "multiple_choice" and config.model_type == "deberta":
+        raise CheckpointError("transformers has no DebertaForMultipleChoice (v1)")
+    values = config.to_dict()
+    values.pop("attention_backend")
+    values["pos_att_type"] = "|".join(config.pos_att_type)
+    if config.model_type == "deberta":
+        for name in V2_ONLY_FIELDS:
+            values.pop(name)
+    values.update(architectures=[prefix + suffix], pooler_hidden_size=config.hidden_size, legacy=True,
+                  id2label={str(i): f"LABEL_{i}" for i in range(config.num_labels)},
+                  label2id={f"LABEL_{i}": i for i in range(config.num_labels)})
+    return values
+
+
+def export_hf(model: DebertaPreTrained, folder: str | Path, tokenizer=None) -> Path:
+    """Write a folder that ``transformers.AutoModel*.from_pretrained`` loads."""
+    if model.head == "replaced_token_detection":
+        raise CheckpointError("transformers has no replaced-token-detection DeBERTa class; export the backbone "
+                              "(load_model(path, head='backbone')) or keep the native format")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    values = hf_config(model.config, model.head)
+    state = native_to_reference(_canonical_state(model), model.config)
+    if model.head == "backbone":
+        state = {k[len(BACKBONE_PREFIX):]: v for k, v in state.items()}
+    # Tied tensors must be separate storage for safetensors.
+    state = {k: v.clone() if k.startswith("cls.predictions.decoder") else v for k, v in state.items()}
+    tmp = folder / (WEIGHTS_FILE + ".tmp")
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, folder / WEIGHTS_FILE)
+    if tokenizer is not None:
+        tokenizer.save(folder)
+    _write_json_atomic(folder / CONFIG_FILE, values)
+    return folder
