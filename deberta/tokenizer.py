@@ -20,13 +20,15 @@ SPECIAL_TOKENS = ("[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]")
 SPM_FILE = "spm.model"
 BPE_VOCAB_FILE = "vocab.json"
 BPE_MERGES_FILE = "merges.txt"
+HF_TOKENIZER_FILE = "tokenizer.json"  # what transformers 5 saves
+HF_TOKENIZER_CONFIG = "tokenizer_config.json"
 
 
 class Tokenizer:
     """The interface both tokenizers implement; subclasses fill the token-id table."""
 
     name: str
-    files: tuple[str, ...]
+    hf_class: str  # the transformers tokenizer class that reads the same files
 
     def __init__(self, special_ids: dict[str, int], vocab_size: int):
         self.special_ids = special_ids
@@ -56,6 +58,18 @@ class Tokenizer:
         raise NotImplementedError
 
     def save(self, folder: str | Path) -> None:
+        """Copy the tokenizer files into ``folder``, with a tokenizer_config.json that lets
+        transformers' AutoTokenizer read them too."""
+        folder = Path(folder)
+        for name, source in self.files().items():
+            destination = folder / name
+            if not destination.exists() or destination.resolve() != source.resolve():
+                shutil.copyfile(source, destination)
+        (folder / HF_TOKENIZER_CONFIG).write_text(json.dumps(
+            {"tokenizer_class": self.hf_class, "do_lower_case": False}, indent=2) + "\n", encoding="utf-8")
+
+    def files(self) -> dict[str, Path]:
+        """File name in a model folder -> where this tokenizer's copy is."""
         raise NotImplementedError
 
     # --- shared behaviour --------------------------------------------------------
@@ -97,13 +111,26 @@ class Tokenizer:
 
 
 def truncate_longest_first(first: list[int], second: list[int] | None, budget: int) -> int:
-    """Drop tokens from the end of the longer list until both fit ``budget``; returns the count."""
-    dropped = 0
-    while len(first) + (len(second) if second is not None else 0) > budget:
-        longer = second if second is not None and len(second) > len(first) else first
-        longer.pop()
-        dropped += 1
-    return dropped
+    """Cut the ends of the lists so that together they fit ``budget``; returns the count cut.
+
+    The longer segment is cut first; when both must be cut, the originally shorter one
+    keeps budget // 2 tokens and the longer the rest (the rule of the Hugging Face
+    tokenizers, which the official DeBERTa tokenizers are).
+    """
+    total = len(first) + (len(second) if second is not None else 0)
+    if total <= budget:
+        return 0
+    if second is None:
+        del first[budget:]
+    elif len(first) > len(second):
+        keep_second = min(len(second), budget // 2)
+        del second[keep_second:]
+        del first[budget - keep_second:]
+    else:
+        keep_first = min(len(first), budget // 2)
+        del first[keep_first:]
+        del second[budget - keep_first:]
+    return total - budget
 
 
 class SentencePieceTokenizer(Tokenizer):
@@ -114,7 +141,7 @@ class SentencePieceTokenizer(Tokenizer):
     """
 
     name = "sentencepiece"
-    files = (SPM_FILE,)
+    hf_class = "DebertaV2Tokenizer"
 
     def __init__(self, model_file: str | Path):
         self.model_file = Path(model_file)
@@ -164,10 +191,8 @@ class SentencePieceTokenizer(Tokenizer):
         n = self.spm.get_piece_size()
         return self.spm.decode([i for i in ids if i < n])
 
-    def save(self, folder: str | Path) -> None:
-        destination = Path(folder) / SPM_FILE
-        if destination.resolve() != self.model_file.resolve():
-            shutil.copyfile(self.model_file, destination)
+    def files(self) -> dict[str, Path]:
+        return {SPM_FILE: self.model_file}
 
 
 class GPT2BPETokenizer(Tokenizer):
@@ -178,7 +203,7 @@ class GPT2BPETokenizer(Tokenizer):
     """
 
     name = "gpt2-bpe"
-    files = (BPE_VOCAB_FILE, BPE_MERGES_FILE)
+    hf_class = "DebertaTokenizer"
 
     def __init__(self, vocab_file: str | Path, merges_file: str | Path):
         from tokenizers import ByteLevelBPETokenizer
@@ -214,25 +239,69 @@ class GPT2BPETokenizer(Tokenizer):
     def _decode_plain(self, ids: list[int]) -> str:
         return self.bpe.decode(ids)
 
-    def save(self, folder: str | Path) -> None:
-        for source, name in ((self.vocab_file, BPE_VOCAB_FILE), (self.merges_file, BPE_MERGES_FILE)):
-            destination = Path(folder) / name
-            if destination.resolve() != source.resolve():
-                shutil.copyfile(source, destination)
+    def files(self) -> dict[str, Path]:
+        return {BPE_VOCAB_FILE: self.vocab_file, BPE_MERGES_FILE: self.merges_file}
+
+
+class HFJSONTokenizer(Tokenizer):
+    """A ``tokenizer.json`` as transformers 5 saves it for DeBERTa (either version)."""
+
+    name = "tokenizer.json"
+
+    def __init__(self, tokenizer_file: str | Path):
+        from tokenizers import Tokenizer as FastTokenizer
+
+        self.tokenizer_file = Path(tokenizer_file)
+        self.fast = FastTokenizer.from_file(str(self.tokenizer_file))
+        special_ids = {t: self.fast.token_to_id(t) for t in SPECIAL_TOKENS}
+        missing = [t for t, i in special_ids.items() if i is None]
+        if missing:
+            raise ValueError(f"{self.tokenizer_file}: the vocabulary lacks the special tokens {missing}")
+        super().__init__(special_ids, self.fast.get_vocab_size(with_added_tokens=True))
+        config = self.tokenizer_file.with_name(HF_TOKENIZER_CONFIG)
+        self.hf_class = (json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class")
+                         if config.is_file() else None) or "PreTrainedTokenizerFast"
+
+    def encode(self, text: str) -> list[int]:
+        return self.fast.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.fast.encode_batch(texts, add_special_tokens=False)]
+
+    def tokenize(self, text: str) -> list[str]:
+        return self.fast.encode(text, add_special_tokens=False).tokens
+
+    def id_to_token(self, token_id: int) -> str:
+        return self.fast.id_to_token(token_id)
+
+    def is_word_start(self, token_id: int) -> bool:
+        token = self.fast.id_to_token(token_id) or ""
+        return token_id in self._special_id_set or token.startswith(("\u2581", "\u0120"))
+
+    def _decode_plain(self, ids: list[int]) -> str:
+        return self.fast.decode(ids, skip_special_tokens=False)
+
+    def files(self) -> dict[str, Path]:
+        return {HF_TOKENIZER_FILE: self.tokenizer_file}
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
-    """A tokenizer from a model folder, a SentencePiece ``.model`` file or a ``vocab.json``."""
+    """A tokenizer from a model folder, a SentencePiece ``.model`` file, a ``vocab.json`` or a
+    ``tokenizer.json``."""
     path = Path(path)
     if path.is_file():
         if path.suffix == ".model":
             return SentencePieceTokenizer(path)
         if path.name == BPE_VOCAB_FILE:
             return GPT2BPETokenizer(path, path.with_name(BPE_MERGES_FILE))
+        if path.name == HF_TOKENIZER_FILE:
+            return HFJSONTokenizer(path)
         raise ValueError(f"{path}: not a SentencePiece .model file nor a GPT-2 vocab.json")
     if (path / SPM_FILE).is_file():
         return SentencePieceTokenizer(path / SPM_FILE)
     if (path / BPE_VOCAB_FILE).is_file():
         return GPT2BPETokenizer(path / BPE_VOCAB_FILE, path / BPE_MERGES_FILE)
-    raise FileNotFoundError(
-        f"{path}: no tokenizer found (expected {SPM_FILE}, or {BPE_VOCAB_FILE} with {BPE_MERGES_FILE})")
+    if (path / HF_TOKENIZER_FILE).is_file():
+        return HFJSONTokenizer(path / HF_TOKENIZER_FILE)
+    raise FileNotFoundError(f"{path}: no tokenizer found (expected {SPM_FILE}, {BPE_VOCAB_FILE} with "
+                            f"{BPE_MERGES_FILE}, or {HF_TOKENIZER_FILE})")
