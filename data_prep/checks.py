@@ -1,0 +1,118 @@
+"""``python -m data_prep verify`` and ``python -m data_prep inspect``."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from deberta.tokenizer import load_tokenizer
+
+from .dataset import ShardedDataset, load_manifest
+from .sharding import TOKENIZER_FOLDER, describe_tokenizer
+from .shard_format import ShardIndex, sha256_file
+
+
+def verify(data_dir: str | Path, tokenizer: str | None = None, quick: bool = False) -> list[str]:
+    """Everything wrong with an output folder of ``shard``; empty when it is intact.
+
+    Checks each shard's presence, size and sha256 against the manifest, its index header
+    against the manifest, and the tokenizer (the copy in the folder, the file it was made
+    from if it is still there, and ``tokenizer`` if given) against the recorded sha256.
+    """
+    data_dir = Path(data_dir)
+    try:
+        manifest = load_manifest(data_dir)
+    except (FileNotFoundError, ValueError) as error:
+        return [str(error)]
+    problems = []
+    for split, info in manifest["splits"].items():
+        for shard in info["shards"]:
+            problems += _verify_shard(data_dir, split, shard, manifest, quick)
+        for total in ("documents", "tokens", "sequences"):
+            if sum(s[total] for s in info["shards"]) != info[total]:
+                problems.append(f"{data_dir / 'manifest.json'}: {split} {total} do not add up over its shards")
+    problems += _verify_tokenizer(data_dir, manifest, tokenizer)
+    return problems
+
+
+def _verify_shard(data_dir: Path, split: str, shard: dict, manifest: dict, quick: bool) -> list[str]:
+    problems = []
+    for suffix, size_key, hash_key in ((".bin", "bytes", "sha256"), (".idx", "index_bytes", "index_sha256")):
+        path = data_dir / f"{shard['name']}{suffix}"
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+            continue
+        size = path.stat().st_size
+        if size != shard[size_key]:
+            problems.append(f"{path}: {size} bytes, the manifest says {shard[size_key]} "
+                            f"({'truncated' if size < shard[size_key] else 'extended'})")
+        elif not quick and sha256_file(path) != shard[hash_key]:
+            problems.append(f"{path}: sha256 differs from the manifest (the file was altered)")
+    index_path = data_dir / f"{shard['name']}.idx"
+    if not problems:
+        try:
+            index = ShardIndex.read(index_path)
+        except ValueError as error:
+            return [str(error)]
+        expected = {"seq_len": manifest["settings"]["seq_len"], "num_sequences": shard["sequences"],
+                    "num_tokens": shard["tokens"], "num_documents": shard["documents"],
+                    "first_sequence": shard["first_sequence"], "first_token": shard["first_token"],
+                    "bin_bytes": shard["bytes"], "itemsize": np.dtype(manifest["dtype"]).itemsize}
+        for field, value in expected.items():
+            if getattr(index, field) != value:
+                problems.append(f"{index_path}: {field} {getattr(index, field)}, the manifest says {value}")
+    return problems
+
+
+def _verify_tokenizer(data_dir: Path, manifest: dict, tokenizer: str | None) -> list[str]:
+    recorded, problems = manifest["tokenizer"], []
+    copy = data_dir / recorded.get("copy", TOKENIZER_FOLDER)
+    for name, digest in recorded["files"].items():
+        path = copy / name
+        if not path.is_file():
+            problems.append(f"{path}: missing (the tokenizer this data was made with)")
+        elif sha256_file(path) != digest:
+            problems.append(f"{path}: sha256 differs from the manifest: not the tokenizer this data was made with")
+    candidates = [tokenizer] if tokenizer else ([recorded["path"]] if os.path.exists(recorded["path"]) else [])
+    for candidate in candidates:
+        try:
+            found = describe_tokenizer(candidate, load_tokenizer(candidate))["files"]
+        except (FileNotFoundError, ValueError) as error:
+            problems.append(f"tokenizer {candidate}: {error}")
+            continue
+        if found != recorded["files"]:
+            problems.append(f"tokenizer {candidate} does not match the manifest (sha256 "
+                            f"{next(iter(found.values()))[:12]} vs {recorded['sha256'][:12]}): "
+                            f"a model using it would read these token ids as other words")
+    return problems
+
+
+def inspect(data_dir: str | Path, decode: int = 0, split: str = "train") -> str:
+    """Counts per split, input problems, and the first ``decode`` sequences as text."""
+    manifest = load_manifest(data_dir)
+    tokenizer = manifest["tokenizer"]
+    lines = [f"{data_dir}: format {manifest['format']} v{manifest['format_version']}",
+             f"tokenizer: {tokenizer['kind']} {tokenizer['path']} (sha256 {tokenizer['sha256'][:12]}), "
+             f"vocab {manifest['vocab_size']}, ids {manifest['dtype']}",
+             f"seq_len {manifest['settings']['seq_len']}, valid fraction {manifest['settings']['valid_fraction']}, "
+             f"dedup {manifest['settings']['dedup']}",
+             f"inputs: {len(manifest['inputs'])} files, {sum(i['bytes'] for i in manifest['inputs']) / 1e6:.1f} MB"]
+    for name, info in manifest["splits"].items():
+        size = sum(s["bytes"] for s in info["shards"])
+        lines.append(f"{name}: {info['documents']:,} documents, {info['tokens']:,} tokens, "
+                     f"{info['sequences']:,} sequences, {len(info['shards'])} shards, {size / 1e6:.1f} MB")
+    counts = manifest["counts"]
+    if manifest["settings"]["dedup"]:
+        lines.append(f"duplicates removed: {counts['duplicates_removed']['documents']:,} documents, "
+                     f"{counts['duplicates_removed']['tokens']:,} tokens")
+    for kind, count in counts["problems"].items():
+        lines.append(f"input problem {kind}: {count:,}")
+    if decode:
+        dataset = ShardedDataset(data_dir, split)
+        reader = dataset.load_tokenizer()
+        for i in range(min(decode, len(dataset))):
+            ids = dataset[i]
+            lines.append(f"--- {split} sequence {i} ({len(ids)} tokens) ---")
+            lines.append(f"{reader.id_to_token(int(ids[0]))} {reader.decode(ids)} {reader.id_to_token(int(ids[-1]))}")
+    return "\n".join(lines)

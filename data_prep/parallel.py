@@ -1,0 +1,148 @@
+"""Ranks, worker processes and progress.
+
+Two levels of parallelism: MPI ranks (``mpiexec``/``srun``, one or many nodes) and, inside
+each rank, ``--workers`` processes. Work is split into tasks whose outputs are files; ranks
+exchange only small lists of what is done (bcast/gather), never data. Without an MPI
+launcher no MPI library is loaded at all.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+# Variables by which common launchers announce how many ranks there are.
+_LAUNCHER_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS",
+                            "SLURM_STEP_NUM_TASKS")
+
+
+class SingleProcess:
+    rank, size = 0, 1
+
+    def barrier(self) -> None:
+        pass
+
+    def bcast(self, value):
+        return value
+
+    def gather(self, value) -> list:
+        return [value]
+
+    def abort(self, code: int) -> None:
+        sys.exit(code)
+
+
+class MPIRanks:
+    def __init__(self):
+        from mpi4py import MPI
+
+        self._comm = MPI.COMM_WORLD
+        self.rank, self.size = self._comm.Get_rank(), self._comm.Get_size()
+
+    def barrier(self) -> None:
+        # MPI implementations busy-wait in Barrier; a rank that finished early would take a
+        # core from the worker processes of its node. Poll a non-blocking barrier instead.
+        request = self._comm.Ibarrier()
+        while not request.Test():
+            time.sleep(0.02)
+
+    def bcast(self, value):
+        self.barrier()
+        return self._comm.bcast(value, root=0)
+
+    def gather(self, value) -> list | None:
+        self.barrier()
+        return self._comm.gather(value, root=0)
+
+    def abort(self, code: int) -> None:
+        self._comm.Abort(code)
+
+
+def launched_ranks() -> int:
+    for name in _LAUNCHER_SIZE_VARIABLES:
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 1
+
+
+def connect() -> SingleProcess | MPIRanks:
+    """MPI when a launcher started several ranks, otherwise a single process."""
+    expected = launched_ranks()
+    if expected <= 1:
+        return SingleProcess()
+    try:
+        ranks = MPIRanks()
+    except ImportError as error:
+        raise RuntimeError(f"launched as {expected} ranks but mpi4py cannot be imported ({error}); "
+                           f"install it with `pip install -e .[mpi]`") from error
+    if ranks.size != expected:
+        raise RuntimeError(f"the launcher announces {expected} ranks but MPI sees {ranks.size}: "
+                           f"with srun, pass --mpi=pmi2 (or pmix) so that the ranks find each other")
+    return ranks
+
+
+def share_of_rank(tasks: Sequence, weights: Sequence[float], rank: int, size: int) -> list:
+    """This rank's tasks: heaviest first, each to the least loaded rank (ties: lowest rank).
+
+    Only a function of the task list, so every rank computes the same assignment.
+    """
+    loads = [0.0] * size
+    mine = []
+    for weight, position in sorted(((w, i) for i, w in enumerate(weights)), key=lambda x: (-x[0], x[1])):
+        target = min(range(size), key=lambda r: (loads[r], r))
+        loads[target] += max(weight, 1.0)
+        if target == rank:
+            mine.append(tasks[position])
+    return mine
+
+
+def run_tasks(function: Callable, tasks: Iterable, workers: int) -> Iterator[tuple[Any, Any]]:
+    """``(task, function(task))`` for every task, in this process or in ``workers``
+    processes, in the order they finish. A worker that dies (killed, out of memory) raises
+    ``BrokenProcessPool`` here rather than hanging the job."""
+    tasks = list(tasks)
+    if workers <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            yield task, function(task)
+        return
+    # spawn, not fork: a forked child of an MPI process inherits MPI state it must not use.
+    with ProcessPoolExecutor(max_workers=min(workers, len(tasks)),
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(function, task): task for task in tasks}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+
+
+class Progress:
+    """A line on stderr every ``interval`` seconds and at the end: done/total, MB/s, ETA."""
+
+    def __init__(self, stage: str, total_tasks: int, total_bytes: float, rank: int, size: int,
+                 interval: float, enabled: bool = True):
+        self.stage, self.total_tasks, self.total_bytes = stage, total_tasks, total_bytes
+        self.prefix = f"[{stage}{f' rank {rank}/{size}' if size > 1 else ''}]"
+        self.interval, self.enabled = interval, enabled and total_tasks > 0
+        self.done_tasks, self.done_bytes, self.tokens = 0, 0.0, 0
+        self.started = self._last_print = time.monotonic()
+
+    def update(self, done_bytes: float, tokens: int = 0) -> None:
+        self.done_tasks += 1
+        self.done_bytes += done_bytes
+        self.tokens += tokens
+        now = time.monotonic()
+        if now - self._last_print >= self.interval or self.done_tasks == self.total_tasks:
+            self._last_print = now
+            self.print()
+
+    def print(self) -> None:
+        if not self.enabled:
+            return
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        rate = self.done_bytes / elapsed
+        remaining = (self.total_bytes - self.done_bytes) / rate if rate > 0 else float("nan")
+        tokens = f"  {self.tokens / 1e6:.1f} M tokens" if self.tokens else ""
+        print(f"{self.prefix} {self.done_tasks}/{self.total_tasks}  {self.done_bytes / 1e6:.1f} MB  "
+              f"{rate / 1e6:.1f} MB/s{tokens}  elapsed {elapsed:.0f}s  eta {remaining:.0f}s",
+              file=sys.stderr, flush=True)

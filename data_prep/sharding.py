@@ -1,0 +1,415 @@
+"""``python -m data_prep shard``: from raw text files to packed token-id shards.
+
+Stages, each a set of tasks whose outputs are files, so that a killed job resumes where
+it stopped (work in ``OUTPUT/.work``, removed when the manifest is written):
+
+0. plan (rank 0): find the inputs, cut them into pieces, copy the tokenizer;
+1. encode: each piece is read, normalised, encoded and split into train/valid;
+2. dedup (``--dedup``): copies of a document are found by digest partition and dropped;
+3. write: each split's token stream is packed into sequences and cut into shards;
+4. manifest (rank 0): counts, sizes and sha256 of every shard, written last.
+
+Tasks go to ranks by a function of the task list alone and every output is a function of
+the corpus and the settings, so the bytes written do not depend on ranks or workers.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from deberta.tokenizer import GPT2BPETokenizer, SentencePieceTokenizer, Tokenizer, load_tokenizer
+
+from . import dedup
+from .encoding import SPLITS, EncodeJob, encode_piece, piece_path
+from .inputs import Piece, ProblemLog, find_inputs, plan_pieces
+from .parallel import Progress, connect, run_tasks, share_of_rank
+from .shard_format import (INDEX_VERSION, Packing, commit, sha256_file, smallest_uint_dtype,
+                           temporary_name, write_atomically)
+from .writing import PieceSpan, ShardJob, write_shard_job
+
+FORMAT_NAME = "deberta-data-prep"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TOKENIZER_FOLDER = "tokenizer"
+WORK_FOLDER = ".work"
+PACKING_RULE = ("documents of a split concatenated in corpus order, cut every seq_len - 2 "
+                "tokens, each cut wrapped as [CLS] ... [SEP] (official DeBERTa packing)")
+
+
+class PrepError(Exception):
+    """A problem the user can fix; its message says how."""
+
+
+@dataclass
+class ShardConfig:
+    inputs: list[str]
+    tokenizer: str
+    output: str
+    seq_len: int = 512
+    valid_fraction: float = 0.005
+    dedup: bool = False
+    workers: int = 1
+    shard_size_mb: float = 256.0
+    piece_size_mb: float = 64.0
+    text_field: str = "text"
+    allow_unreadable: bool = False
+    overwrite: bool = False
+    progress_interval: float = 10.0
+
+    def __post_init__(self):
+        Packing(self.seq_len, 1, 2)          # checks seq_len
+        if not 0.0 <= self.valid_fraction < 1.0:
+            raise ValueError(f"--valid_fraction {self.valid_fraction} is not in [0, 1)")
+        if self.workers < 1:
+            raise ValueError(f"--workers {self.workers} must be at least 1")
+        if self.shard_size_mb <= 0 or self.piece_size_mb <= 0:
+            raise ValueError("--shard_size_mb and --piece_size_mb must be positive")
+
+    def output_settings(self) -> dict:
+        """The settings that determine the bytes written (workers and pieces do not)."""
+        return {"seq_len": self.seq_len, "valid_fraction": self.valid_fraction, "dedup": self.dedup,
+                "shard_size_mb": self.shard_size_mb, "text_field": self.text_field,
+                "packing": PACKING_RULE}
+
+
+# --- tokenizer ------------------------------------------------------------------------
+
+def tokenizer_sources(tokenizer: Tokenizer) -> dict[str, Path]:
+    if isinstance(tokenizer, SentencePieceTokenizer):
+        return {"spm.model": tokenizer.model_file}
+    if isinstance(tokenizer, GPT2BPETokenizer):
+        return {"vocab.json": tokenizer.vocab_file, "merges.txt": tokenizer.merges_file}
+    raise TypeError(f"unsupported tokenizer {type(tokenizer).__name__}")
+
+
+def describe_tokenizer(path: str, tokenizer: Tokenizer) -> dict:
+    files = {name: sha256_file(source) for name, source in tokenizer_sources(tokenizer).items()}
+    return {"kind": tokenizer.name, "path": os.path.abspath(path), "sha256": next(iter(files.values())),
+            "files": files, "copy": TOKENIZER_FOLDER}
+
+
+def _copy_tokenizer(tokenizer: Tokenizer, folder: Path, hashes: dict[str, str]) -> None:
+    """Into the output folder, so that the data carries the tokenizer that made it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, source in tokenizer_sources(tokenizer).items():
+        target = folder / name
+        if target.is_file() and sha256_file(target) == hashes[name]:
+            continue
+        temporary = temporary_name(target)
+        shutil.copyfile(source, temporary)
+        commit(temporary, target)
+
+
+# --- stage 0: plan --------------------------------------------------------------------
+
+def _remove_outputs(output: Path) -> None:
+    """Only what this command writes: never the user's other files."""
+    for path in output.iterdir():
+        if path.name in (MANIFEST, WORK_FOLDER, TOKENIZER_FOLDER) or path.suffix in (".bin", ".idx") \
+                or ".tmp." in path.name:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _remove_temporaries(output: Path) -> None:
+    for folder in (output, output / TOKENIZER_FOLDER):
+        for path in folder.glob("*.tmp.*"):
+            path.unlink(missing_ok=True)
+
+
+def _difference(found: dict, wanted: dict) -> str:
+    keys = sorted({*found, *wanted}, key=str)
+    return ", ".join(f"{k}: {found.get(k)!r} there, {wanted.get(k)!r} now" for k in keys
+                     if found.get(k) != wanted.get(k))
+
+
+def plan(config: ShardConfig) -> dict:
+    output = Path(config.output)
+    tokenizer = load_tokenizer(config.tokenizer)
+    inputs = find_inputs(config.inputs)
+    fingerprint = {"settings": config.output_settings(),
+                   "tokenizer": describe_tokenizer(config.tokenizer, tokenizer),
+                   "inputs": [{"path": os.path.abspath(p), "bytes": os.path.getsize(p)} for p, _, _ in inputs]}
+    if config.overwrite and output.is_dir():
+        _remove_outputs(output)
+    for name in (MANIFEST, f"{WORK_FOLDER}/plan.json"):
+        if (output / name).is_file():
+            found = json.loads((output / name).read_text())
+            found = {key: found[key] for key in fingerprint}
+            if found != fingerprint:
+                what = _difference(found, fingerprint)
+                raise PrepError(f"{output / name} was made from other inputs or settings ({what}); "
+                                f"choose another --output, or pass --overwrite to replace it")
+            if name == MANIFEST:
+                return {"complete": True}
+    work = output / WORK_FOLDER
+    (work / "pieces").mkdir(parents=True, exist_ok=True)
+    (work / "dedup").mkdir(exist_ok=True)
+    _copy_tokenizer(tokenizer, output / TOKENIZER_FOLDER, fingerprint["tokenizer"]["files"])
+    plan_path = work / "plan.json"
+    if plan_path.is_file():
+        pieces = json.loads(plan_path.read_text())["pieces"]
+    else:
+        pieces = [asdict(p) for p in plan_pieces(inputs, int(config.piece_size_mb * 2**20))]
+        write_atomically(plan_path, json.dumps({**fingerprint, "pieces": pieces}, indent=1).encode())
+    return {"complete": False, "fingerprint": fingerprint, "pieces": pieces,
+            "vocab_size": tokenizer.vocab_size, "special_ids": tokenizer.special_ids,
+            "dtype": smallest_uint_dtype(tokenizer.vocab_size).str}
+
+
+# --- the job --------------------------------------------------------------------------
+
+@dataclass
+class _Job:
+    """What every rank knows while the stages run."""
+
+    config: ShardConfig
+    comm: object
+    plan: dict
+    output: Path = field(init=False)
+    work: Path = field(init=False)
+
+    def __post_init__(self):
+        self.output = Path(self.config.output)
+        self.work = self.output / WORK_FOLDER
+
+    def say(self, message: str) -> None:
+        if self.comm.rank == 0:
+            print(message, file=sys.stderr, flush=True)
+
+    def on_rank_zero(self, compute):
+        """``compute()`` on rank 0, its value (or its PrepError) on every rank."""
+        value = None
+        if self.comm.rank == 0:
+            try:
+                value = ("ok", compute())
+            except (PrepError, FileNotFoundError, ValueError) as error:
+                value = ("error", str(error))
+        status, value = self.comm.bcast(value)
+        if status == "error":
+            raise PrepError(value)
+        return value
+
+    def run_share(self, stage: str, function, tasks: list, weights: list[float]) -> list | None:
+        """This rank's share of ``tasks``, run in its workers; all ranks' results on rank 0.
+
+        ``weights`` estimate each task's cost (bytes); they balance the ranks and drive the
+        progress line."""
+        weight_of = {id(task): weight for task, weight in zip(tasks, weights)}
+        mine = share_of_rank(tasks, weights, self.comm.rank, self.comm.size)
+        progress = Progress(stage, len(mine), sum(weight_of[id(t)] for t in mine), self.comm.rank,
+                            self.comm.size, self.config.progress_interval)
+        results = []
+        for task, result in run_tasks(function, mine, self.config.workers):
+            results.append(result)
+            progress.update(weight_of[id(task)])
+        gathered = self.comm.gather(results)
+        return [r for rank_results in gathered for r in rank_results] if gathered is not None else None
+
+
+def run_shard(config: ShardConfig) -> int:
+    comm = connect()
+    try:
+        job = _Job(config, comm, None)
+        job.plan = job.on_rank_zero(lambda: plan(config))
+        if job.plan["complete"]:
+            job.say(f"{config.output}: already complete ({MANIFEST} matches these inputs and settings)")
+            if comm.rank == 0:
+                shutil.rmtree(job.work, ignore_errors=True)
+            return 0
+        return _run_stages(job)
+    except PrepError as error:
+        if comm.rank == 0:
+            print(f"data_prep shard: error: {error}", file=sys.stderr, flush=True)
+        return 1
+    except BaseException:
+        if comm.size > 1:
+            import traceback
+
+            traceback.print_exc()
+            comm.abort(1)
+        raise
+
+
+def _run_stages(job: _Job) -> int:
+    config, plan_ = job.config, job.plan
+    pieces = [Piece(**p) for p in plan_["pieces"]]
+    markers = _encode(job, pieces)
+    if markers is None:
+        return 1
+    dropped = _deduplicate(job, markers) if config.dedup else {}
+    shards = _write_shards(job, markers, dropped)
+    job.on_rank_zero(lambda: _write_manifest(job, markers, dropped, shards))
+    return 0
+
+
+def _encode(job: _Job, pieces: list[Piece]) -> dict | None:
+    config = job.config
+    pending = job.on_rank_zero(
+        lambda: [p.index for p in pieces if not piece_path(job.work, p.index, "json").is_file()])
+    jobs = [EncodeJob(pieces[i], str(job.work), str(job.output / TOKENIZER_FOLDER), config.text_field,
+                      config.valid_fraction, job.plan["dtype"]) for i in pending]
+    mine = share_of_rank(jobs, [j.piece.size for j in jobs], job.comm.rank, job.comm.size)
+    progress = Progress("encode", len(mine), sum(j.piece.size for j in mine), job.comm.rank,
+                        job.comm.size, config.progress_interval)
+    failures = []
+    for _, result in run_tasks(encode_piece, mine, config.workers):
+        if "error" in result:
+            failures.append(result)
+            print(f"data_prep shard: cannot read {result['path']}: {result['error']}", file=sys.stderr, flush=True)
+            progress.update(0)
+        else:
+            progress.update(result["piece"]["size"], sum(result["tokens"].values()))
+    gathered = job.comm.gather(failures)
+
+    def collect() -> dict:
+        failed = [f for rank_failures in gathered for f in rank_failures]
+        markers = {}
+        for piece in pieces:
+            marker = piece_path(job.work, piece.index, "json")
+            if marker.is_file():
+                markers[piece.index] = json.loads(marker.read_text())
+        missing = [p for p in pieces if p.index not in markers]
+        if missing and not config.allow_unreadable:
+            named = "\n  ".join(sorted({f"{f['path']}: {f['error']}" for f in failed} or
+                                       {p.path for p in missing}))
+            raise PrepError(f"{len(missing)} of {len(pieces)} input pieces could not be read:\n  {named}\n"
+                            f"The other pieces are kept: fix or remove these files and run the same "
+                            f"command again (it resumes), or pass --allow_unreadable to leave them out.")
+        return {"markers": markers, "failed": failed, "missing": [asdict(p) for p in missing]}
+
+    try:
+        return job.on_rank_zero(collect)
+    except PrepError as error:
+        job.say(f"data_prep shard: error: {error}")
+        return None
+
+
+def _ordered(markers: dict) -> list[dict]:
+    return [markers[i] for i in sorted(markers)]
+
+
+def _deduplicate(job: _Job, state: dict) -> dict:
+    """Dropped document and token counts per piece and split."""
+    markers = _ordered(state["markers"])
+    first_ordinals, totals = [], {split: 0 for split in SPLITS}
+    for marker in markers:
+        first_ordinals.append(dict(totals))
+        for split in SPLITS:
+            totals[split] += marker["documents"][split]
+    partitions = {split: dedup.num_partitions(totals[split]) for split in SPLITS}
+
+    def partition_jobs() -> list:
+        jobs = []
+        for split in SPLITS:
+            spans = tuple(dedup.PieceDocuments(m["piece"]["index"], first[split], m["documents"][split])
+                          for m, first in zip(markers, first_ordinals))
+            jobs += [dedup.PartitionJob(str(job.work), split, p, partitions[split], spans)
+                     for p in range(partitions[split]) if not dedup.partition_path(job.work, split, p).is_file()]
+        return jobs
+
+    jobs = job.on_rank_zero(partition_jobs)
+    job.run_share("dedup", dedup.find_duplicates, jobs,
+                  [16.0 * sum(s.documents for s in j.pieces) / j.num_partitions for j in jobs])
+
+    def apply_jobs() -> list:
+        return [dedup.ApplyJob(str(job.work), m["piece"]["index"], partitions, first)
+                for m, first in zip(markers, first_ordinals)
+                if not dedup.dedup_marker_path(job.work, m["piece"]["index"]).is_file()]
+
+    jobs = job.on_rank_zero(apply_jobs)
+    job.run_share("dedup-apply", dedup.apply_duplicates, jobs, [1.0] * len(jobs))
+    return job.on_rank_zero(lambda: {
+        m["piece"]["index"]: json.loads(dedup.dedup_marker_path(job.work, m["piece"]["index"]).read_text())
+        for m in markers})
+
+
+def _shard_jobs(job: _Job, state: dict, dropped: dict) -> list[ShardJob]:
+    config, plan_ = job.config, job.plan
+    packing = Packing(config.seq_len, plan_["special_ids"]["[CLS]"], plan_["special_ids"]["[SEP]"])
+    itemsize = np.dtype(plan_["dtype"]).itemsize
+    per_shard = max(1, int(config.shard_size_mb * 2**20) // (config.seq_len * itemsize))
+    jobs = []
+    for split in SPLITS:
+        spans, stream_start = [], 0
+        for marker in _ordered(state["markers"]):
+            index = marker["piece"]["index"]
+            kept = marker["tokens"][split] - (dropped[index][split]["tokens"] if dropped else 0)
+            if kept:
+                spans.append(PieceSpan(index, stream_start, kept))
+                stream_start += kept
+        total_sequences = packing.num_sequences(stream_start)
+        for number, first in enumerate(range(0, total_sequences, per_shard)):
+            count = min(per_shard, total_sequences - first)
+            first_token = first * packing.text_per_sequence
+            tokens = min(count * packing.text_per_sequence, stream_start - first_token)
+            overlapping = tuple(s for s in spans
+                                if s.stream_start < first_token + tokens and s.stream_start + s.tokens > first_token)
+            jobs.append(ShardJob(str(job.work), str(job.output), f"{split}-{number:05d}", split, plan_["dtype"],
+                                 packing, first, count, first_token, tokens, overlapping, config.dedup))
+    return jobs
+
+
+def _write_shards(job: _Job, state: dict, dropped: dict) -> list[dict] | None:
+    jobs = job.on_rank_zero(lambda: _shard_jobs(job, state, dropped))
+    itemsize = np.dtype(job.plan["dtype"]).itemsize
+    records = job.run_share("write", write_shard_job, jobs, [j.num_tokens * itemsize for j in jobs])
+    return sorted(records, key=lambda r: r["name"]) if records is not None else None
+
+
+# --- stage 4: manifest ----------------------------------------------------------------
+
+def _write_manifest(job: _Job, state: dict, dropped: dict, records: list[dict]) -> None:
+    plan_, markers = job.plan, _ordered(state["markers"])
+    problems = ProblemLog(max_examples=100)
+    for marker in markers:
+        problems.merge(marker["problems"])
+    for failure in state["failed"]:
+        problems.add("unreadable_file", failure["path"], failure["error"])
+    splits = {}
+    for split in SPLITS:
+        shards = [{k: v for k, v in r.items()} for r in records if r["name"].startswith(f"{split}-")]
+        splits[split] = {"documents": sum(s["documents"] for s in shards),
+                         "tokens": sum(s["tokens"] for s in shards),
+                         "sequences": sum(s["sequences"] for s in shards), "shards": shards}
+    duplicates = {"documents": sum(d[s]["documents"] for d in dropped.values() for s in SPLITS),
+                  "tokens": sum(d[s]["tokens"] for d in dropped.values() for s in SPLITS)}
+    manifest = {
+        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "index_version": INDEX_VERSION,
+        **plan_["fingerprint"],
+        "vocab_size": plan_["vocab_size"], "special_ids": plan_["special_ids"],
+        "dtype": np.dtype(plan_["dtype"]).name,
+        "counts": {"documents_read": sum(sum(m["documents"].values()) for m in markers),
+                   "text_bytes": sum(m["text_bytes"] for m in markers),
+                   "duplicates_removed": duplicates, "problems": problems.to_json()["counts"]},
+        "skipped_pieces": state["missing"],
+        "problems": problems.to_json()["examples"],
+        "splits": splits,
+    }
+    _remove_temporaries(job.output)
+    write_atomically(job.output / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
+    shutil.rmtree(job.work, ignore_errors=True)
+    _print_summary(job.output, manifest)
+
+
+def _print_summary(output: Path, manifest: dict) -> None:
+    lines = [f"data_prep shard: wrote {output}"]
+    for split, info in manifest["splits"].items():
+        lines.append(f"  {split}: {len(info['shards'])} shards, {info['documents']:,} documents, "
+                     f"{info['tokens']:,} tokens, {info['sequences']:,} sequences of <= {manifest['settings']['seq_len']}")
+    duplicates = manifest["counts"]["duplicates_removed"]
+    if manifest["settings"]["dedup"]:
+        lines.append(f"  duplicates removed: {duplicates['documents']:,} documents, {duplicates['tokens']:,} tokens")
+    for kind, count in manifest["counts"]["problems"].items():
+        lines.append(f"  input problem {kind}: {count:,}")
+    for example in manifest["problems"][:20]:
+        lines.append(f"    {example['kind']}: {example['where']} {example['detail']}")
+    if manifest["skipped_pieces"]:
+        lines.append(f"  left out (unreadable, --allow_unreadable): "
+                     f"{', '.join(sorted({p['path'] for p in manifest['skipped_pieces']}))}")
+    print("\n".join(lines), file=sys.stderr, flush=True)
