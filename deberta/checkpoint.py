@@ -128,7 +128,8 @@ def load_model(path: str | Path, head: str | None = None, **config_overrides) ->
 
     ``head`` other than the folder's puts a new, freshly initialised head on the stored
     backbone (finetuning a pretrained model); every backbone weight must still be there.
-    ``config_overrides`` change non-shape fields such as dropout or num_labels.
+    ``config_overrides`` change non-shape fields such as dropout or num_labels. The model
+    comes back in eval mode.
     """
     config, stored_head, state = read_folder(path)
     if config_overrides:
@@ -155,7 +156,7 @@ def load_model(path: str | Path, head: str | None = None, **config_overrides) ->
     if missing or result.unexpected_keys:
         raise CheckpointError(f"{path}: weights do not match the {head} model; missing from the folder: "
                               f"{missing}; in the folder but not in the model: {list(result.unexpected_keys)}")
-    return model
+    return model.eval()  # like from_pretrained; call .train() to finetune
 
 
 def _read_json(path: Path) -> dict:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import get_backend
+from .attention import ATTENTION_BACKENDS, get_backend
 from .presets import PRESETS
 
 ACTIVATIONS = {
@@ -165,7 +165,8 @@ class DebertaConfig:
                     fail(name, f"{v1_value!r} for model_type='deberta' (v1 lacks this v2 feature)")
             if self.position_buckets > 0:
                 fail("position_buckets", "<= 0 for model_type='deberta' (v1 has no buckets)")
-        get_backend(self.attention_backend)  # raises naming the available backends
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            fail("attention_backend", sorted(ATTENTION_BACKENDS))
 
     # --- derived values --------------------------------------------------------------
     @property

@@ -1,0 +1,224 @@
+"""Config validation, preset sizes, the enhanced mask decoder, precision safety, checkpointing."""
+import math
+
+import pytest
+import torch
+
+from deberta import PRESETS, DebertaConfig, DebertaModel, build_model
+from deberta.attention import ATTENTION_BACKENDS, eager_attention, sdpa_attention
+from deberta.model import log_bucket_position, relative_position_index
+
+TINY = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=64, max_relative_positions=32, position_buckets=8)
+
+# Backbone parameters in millions (token embeddings excluded), from MISSION.md's table.
+PUBLISHED_BACKBONE_M = {
+    "deberta-base": 100, "deberta-large": 350, "deberta-xlarge": 700, "deberta-v2-xlarge": 710,
+    "deberta-v2-xxlarge": 1320, "deberta-v3-xsmall": 22, "deberta-v3-small": 44, "deberta-v3-base": 86,
+    "deberta-v3-large": 304, "mdeberta-v3-base": 86,
+}
+
+
+def backbone_millions(config: DebertaConfig) -> float:
+    with torch.device("meta"):  # shapes only, no memory
+        model = DebertaModel(config)
+    total = sum(p.numel() for name, p in model.named_parameters() if "word_embeddings" not in name)
+    return total / 1e6
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_backbone_size_matches_the_published_table(name):
+    base = name.removesuffix("-mnli").removesuffix("-generator")
+    expected = PUBLISHED_BACKBONE_M[base]
+    config = DebertaConfig.from_preset(name)
+    if name.endswith("-generator"):
+        discriminator = DebertaConfig.from_preset(base)
+        assert config.hidden_size == discriminator.hidden_size
+        assert config.num_hidden_layers * 2 == discriminator.num_hidden_layers
+        expected = backbone_millions(discriminator) / 2  # half the layers: about half the size
+    assert abs(backbone_millions(config) - expected) <= 0.05 * expected
+
+
+def test_presets_vocabularies():
+    assert DebertaConfig.from_preset("deberta-base").vocab_size == 50265
+    assert DebertaConfig.from_preset("deberta-v3-base").vocab_size == 128100
+    assert DebertaConfig.from_preset("mdeberta-v3-base").vocab_size == 251000
+    assert DebertaConfig.from_preset("deberta-v3-large-mnli").num_labels == 3
+
+
+@pytest.mark.parametrize("field,value,allowed", [
+    ("model_type", "bert", "deberta-v2"),
+    ("hidden_act", "softplus", "gelu"),
+    ("pos_att_type", "c2p|p2p", "c2p"),
+    ("norm_rel_ebd", "rms", "layer_norm"),
+    ("hidden_dropout_prob", 1.5, "probability"),
+    ("num_hidden_layers", 0, ">= 1"),
+    ("conv_kernel_size", 4, "odd"),
+    ("attention_backend", "flash9", "eager"),
+    ("talking_head", True, "False"),
+    ("num_attention_heads", 5, "divisor"),
+])
+def test_bad_config_names_field_and_allowed_values(field, value, allowed):
+    with pytest.raises(ValueError, match=field) as error:
+        DebertaConfig(**{**TINY, field: value})
+    assert allowed in str(error.value)
+
+
+def test_v1_refuses_v2_features():
+    with pytest.raises(ValueError, match="share_att_key"):
+        DebertaConfig(model_type="deberta", share_att_key=True)
+    config = DebertaConfig(model_type="deberta")  # v1 defaults need no v2 switches turned off
+    assert (config.position_buckets, config.share_att_key, config.norm_rel_ebd) == (-1, False, "none")
+
+
+def test_unknown_preset_and_field():
+    with pytest.raises(ValueError, match="unknown preset"):
+        DebertaConfig.from_preset("deberta-v9")
+    with pytest.raises(ValueError, match="hidden_sise"):
+        DebertaConfig.from_dict({"hidden_sise": 3})
+
+
+def test_config_json_round_trip(tmp_path):
+    config = DebertaConfig.from_preset("deberta-v3-small", hidden_dropout_prob=0.0)
+    path = tmp_path / "c.json"
+    import json
+    path.write_text(json.dumps(config.to_dict()))
+    assert DebertaConfig.from_json(path) == config
+    assert DebertaConfig.from_json("deberta-v3-small") == DebertaConfig.from_preset("deberta-v3-small")
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="c.json"):
+        DebertaConfig.from_json(path)
+
+
+def test_log_buckets_are_exact_near_and_logarithmic_far():
+    relative = torch.arange(-511, 512)
+    buckets = log_bucket_position(relative, 256, 512)
+    near = relative.abs() <= 128
+    assert torch.equal(buckets[near], relative[near])
+    assert buckets.max() <= 255 and buckets.min() >= -255
+    assert torch.equal(buckets, -buckets.flip(0))  # antisymmetric: one index serves c2p and p2c
+    index = relative_position_index(512, DebertaConfig())
+    assert index.min() >= 0 and index.max() <= 511
+
+
+def test_masked_lm_logits_only_at_targets_and_everywhere_without_labels():
+    torch.manual_seed(0)
+    model = build_model(DebertaConfig(**TINY, emd_layers=2), "masked_lm").eval()
+    ids = torch.randint(5, 120, (2, 16))
+    labels = torch.full_like(ids, -100)
+    labels[0, 3], labels[1, 9] = 7, 8
+    with torch.no_grad():
+        targeted = model(ids, labels=labels)
+        everywhere = model(ids)
+    assert targeted.logits.shape == (2, 120) and everywhere.logits.shape == (2, 16, 120)
+    assert torch.allclose(targeted.logits, everywhere.logits[labels != -100], atol=1e-6)
+    expected = torch.nn.functional.cross_entropy(everywhere.logits[labels != -100], labels[labels != -100])
+    assert torch.allclose(targeted.loss, expected, atol=1e-6)
+
+
+def test_enhanced_mask_decoder_uses_absolute_positions():
+    torch.manual_seed(0)
+    model = build_model(DebertaConfig(**TINY, emd_layers=2), "masked_lm").eval()
+    ids = torch.randint(5, 120, (1, 16))
+    with torch.no_grad():
+        before = model(ids).logits
+        model.deberta.embeddings.position_embeddings.weight.mul_(2)
+        after = model(ids).logits
+        backbone_after = model.deberta(ids).last_hidden_state
+        model.deberta.embeddings.position_embeddings.weight.div_(2)
+        backbone_before = model.deberta(ids).last_hidden_state
+    assert not torch.allclose(before, after)  # the decoder sees positions...
+    assert torch.equal(backbone_before, backbone_after)  # ...the encoder does not
+
+
+def test_backends_agree_forward_and_backward():
+    torch.manual_seed(0)
+    config = DebertaConfig(**TINY, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    ids = torch.randint(5, 120, (2, 24))
+    mask = torch.ones_like(ids)
+    mask[1, 17:] = 0
+    results = []
+    for backend in ATTENTION_BACKENDS:
+        torch.manual_seed(1)
+        model = build_model(DebertaConfig(**{**config.to_dict(), "attention_backend": backend}),
+                            "sequence_classification")
+        out = model(ids, mask, labels=torch.tensor([0, 1]))
+        out.loss.backward()
+        results.append((out.logits, [p.grad for p in model.parameters()]))
+    (logits_a, grads_a), (logits_b, grads_b) = results
+    assert torch.allclose(logits_a, logits_b, atol=1e-5)
+    for a, b in zip(grads_a, grads_b):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    config = DebertaConfig(**TINY, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, emd_layers=2)
+    ids = torch.randint(5, 120, (2, 16))
+    labels = ids.masked_fill(torch.rand(ids.shape) > 0.3, -100)
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(3)
+        model = build_model(config, "masked_lm").train()
+        model.gradient_checkpointing_enable(checkpointing)
+        model(ids, labels=labels).loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def attention_inputs(dtype, magnitude=None, length=512, heads=2, dim=64, span=256):
+    """Random inputs of length 512. With ``magnitude`` every entry is +-magnitude and the
+    relative tables copy the queries/keys, so the products are as large as they can get."""
+    generator = torch.Generator().manual_seed(0)
+    if magnitude is None:
+        query, key = (torch.randn(1, heads, length, dim, generator=generator) for _ in range(2))
+    else:
+        query, key = (magnitude * (torch.randint(0, 2, (1, heads, length, dim), generator=generator) * 2 - 1.0)
+                      for _ in range(2))
+    value = torch.randn(1, heads, length, dim, generator=generator)
+    pos_key, pos_query = query[0, :, :2 * span].clone(), key[0, :, :2 * span].clone()
+    index = relative_position_index(length, DebertaConfig(position_buckets=span, max_relative_positions=512))
+    mask = torch.ones(1, length, dtype=torch.long)
+    mask[0, 400:] = 0
+    tensors = [t.to(dtype) for t in (query, key, value, pos_key, pos_query)]
+    return tensors, index, mask
+
+
+SCALE = 1 / math.sqrt(64 * 3)  # head size 64, c2p and p2c
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("backend", [eager_attention, sdpa_attention])
+def test_attention_does_not_overflow_in_half_precision(dtype, backend):
+    # |q . pos_key| = 64 * 40 * 40 = 102400 > 65504: a product taken before scaling
+    # overflows fp16, as in the reference v2 code; scaled first it stays near 7400.
+    tensors, index, mask = attention_inputs(dtype, magnitude=40)
+    query, pos_key = tensors[0], tensors[3]
+    if dtype == torch.float16:
+        assert torch.isinf(torch.matmul(query[:, :, :8], pos_key.transpose(-1, -2)[None])).any()
+    result = backend(*tensors, index, mask, SCALE)
+    assert torch.isfinite(result).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("backend", [eager_attention, sdpa_attention])
+def test_attention_in_half_precision_is_close_to_fp32(dtype, backend):
+    tensors, index, mask = attention_inputs(dtype)
+    reference = eager_attention(*[t.float() for t in tensors], index, mask, SCALE)
+    result = backend(*tensors, index, mask, SCALE)
+    real = mask[0].bool()
+    assert (result.float() - reference)[:, :, real].abs().max() < (0.01 if dtype == torch.float16 else 0.05)
+
+
+def test_bf16_model_on_512_tokens_is_finite_and_close_to_fp32():
+    torch.manual_seed(0)
+    config = DebertaConfig(**{**TINY, "max_position_embeddings": 512, "max_relative_positions": 512,
+                              "position_buckets": 256})
+    model = build_model(config, "masked_lm").eval()
+    ids = torch.randint(5, 120, (1, 512))
+    with torch.no_grad():
+        full = model(ids).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = model(ids).logits
+    assert torch.isfinite(half).all()
+    assert (half.float() - full).abs().max() < 0.1
