@@ -76,7 +76,7 @@ class InputReadError(Exception):
     pass
 
 
-def _guarded(documents: Iterator, path: str) -> Iterator:
+def _guarded(documents: Iterator) -> Iterator:
     """Reading errors become ``InputReadError``; errors of this code stay what they are."""
     try:
         yield from documents
@@ -143,7 +143,7 @@ def encode_piece(job: EncodeJob) -> dict:
 
     try:
         batch_chars = 0
-        for number, raw in _guarded(reader.documents(), piece.path):
+        for number, raw in _guarded(reader.documents()):
             text = normalize_text(raw)
             if not text:
                 problems.add("empty_document", reader.where(number))

@@ -117,13 +117,15 @@ def run_tasks(function: Callable, tasks: Iterable, workers: int) -> Iterator[tup
 
 
 class Progress:
-    """A line on stderr every ``interval`` seconds and at the end: done/total, MB/s, ETA."""
+    """A line on stderr every ``interval`` seconds and at the end: done/total, MB/s, ETA.
+
+    Only rank 0 prints (its share is representative), so that logs of many ranks stay readable."""
 
     def __init__(self, stage: str, total_tasks: int, total_bytes: float, rank: int, size: int,
-                 interval: float, enabled: bool = True):
+                 interval: float):
         self.stage, self.total_tasks, self.total_bytes = stage, total_tasks, total_bytes
         self.prefix = f"[{stage}{f' rank {rank}/{size}' if size > 1 else ''}]"
-        self.interval, self.enabled = interval, enabled and total_tasks > 0
+        self.interval, self.enabled = interval, rank == 0 and total_tasks > 0
         self.done_tasks, self.done_bytes, self.tokens = 0, 0.0, 0
         self.started = self._last_print = time.monotonic()
 
@@ -141,8 +143,8 @@ class Progress:
             return
         elapsed = max(time.monotonic() - self.started, 1e-9)
         rate = self.done_bytes / elapsed
-        remaining = (self.total_bytes - self.done_bytes) / rate if rate > 0 else float("nan")
+        eta = f"{(self.total_bytes - self.done_bytes) / rate:.0f}s" if rate > 0 else "?"
         tokens = f"  {self.tokens / 1e6:.1f} M tokens" if self.tokens else ""
         print(f"{self.prefix} {self.done_tasks}/{self.total_tasks}  {self.done_bytes / 1e6:.1f} MB  "
-              f"{rate / 1e6:.1f} MB/s{tokens}  elapsed {elapsed:.0f}s  eta {remaining:.0f}s",
+              f"{rate / 1e6:.1f} MB/s{tokens}  elapsed {elapsed:.0f}s  eta {eta}",
               file=sys.stderr, flush=True)

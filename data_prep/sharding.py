@@ -315,15 +315,16 @@ def _deduplicate(job: _Job, state: dict) -> dict:
 
     jobs = job.on_rank_zero(partition_jobs)
     job.run_share("dedup", dedup.find_duplicates, jobs,
-                  [16.0 * sum(s.documents for s in j.pieces) / j.num_partitions for j in jobs])
+                  [dedup.DIGEST_BYTES * sum(s.documents for s in j.pieces) / j.num_partitions for j in jobs])
 
     def apply_jobs() -> list:
-        return [dedup.ApplyJob(str(job.work), m["piece"]["index"], partitions, first)
+        return [(dedup.ApplyJob(str(job.work), m["piece"]["index"], partitions, first), sum(m["documents"].values()))
                 for m, first in zip(markers, first_ordinals)
                 if not dedup.dedup_marker_path(job.work, m["piece"]["index"]).is_file()]
 
-    jobs = job.on_rank_zero(apply_jobs)
-    job.run_share("dedup-apply", dedup.apply_duplicates, jobs, [1.0] * len(jobs))
+    jobs_and_documents = job.on_rank_zero(apply_jobs)
+    job.run_share("dedup-apply", dedup.apply_duplicates, [j for j, _ in jobs_and_documents],
+                  [dedup.DIGEST_BYTES * documents for _, documents in jobs_and_documents])
     return job.on_rank_zero(lambda: {
         m["piece"]["index"]: json.loads(dedup.dedup_marker_path(job.work, m["piece"]["index"]).read_text())
         for m in markers})
