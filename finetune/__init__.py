@@ -1,0 +1,11 @@
+"""Finetuning DeBERTa model folders: GLUE, SQuAD 1.1/2.0, RACE, NER and custom tables.
+
+    python -m finetune --task sst-2 --data_dir glue/SST-2 --model models/v3 --output_dir ft/sst2
+
+``FinetuneConfig`` holds every option, ``Trainer(config).train()`` runs it, and tasks
+live in ``finetune.tasks`` behind a registry.
+"""
+from .config import FinetuneConfig
+from .trainer import Trainer
+
+__all__ = ["FinetuneConfig", "Trainer"]

@@ -1,0 +1,5 @@
+import sys
+
+from finetune.main import main
+
+sys.exit(main())
