@@ -1,0 +1,174 @@
+"""Run-state checkpoints that commit atomically and resume exactly.
+
+Layout under ``OUTPUT/checkpoints/``::
+
+    step_00001000/            one complete checkpoint (a DeepSpeed checkpoint folder)
+        mp_rank_00_model_states.pt, *optim_states.pt ...   DeepSpeed's files
+        rng_rank_00000.pt ...  the RNG states of every rank (python, numpy, torch, cuda)
+        checkpoint.json        written last inside: step, samples, world size, files
+    latest                     the name of the newest complete checkpoint
+    .tmp-step_00002000/        a save in progress (removed when found on start)
+
+A save writes into ``.tmp-step_N``; after every rank has written its files (barrier),
+rank 0 writes ``checkpoint.json``, renames the folder to ``step_N`` and only then
+replaces ``latest`` (itself through a temporary file and a rename). A save killed at any
+moment therefore leaves ``latest`` on the previous complete checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import signal
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+CHECKPOINT_FILE = "checkpoint.json"
+LATEST = "latest"
+TMP_PREFIX = ".tmp-"
+STEP_DIR = re.compile(r"^step_(\d+)$")
+UNIVERSAL_SUFFIX = "_universal"
+FORMAT_VERSION = 1
+
+# Test hook: rank 0 SIGKILLs itself inside the save of this step, after the files are
+# written and before the commit, so tests can check that a killed save loses nothing.
+KILL_IN_SAVE_ENV = "PRETRAIN_KILL_IN_SAVE_AT_STEP"
+
+
+class ResumeError(RuntimeError):
+    """A checkpoint that cannot be resumed from as asked."""
+
+
+def tag_of(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class CheckpointManager:
+    """Saves and restores the engine, the trainer's counters and every rank's RNG."""
+
+    def __init__(self, directory: str | Path, keep: int, rank: int, world: int):
+        self.directory = Path(directory)
+        self.keep, self.rank, self.world = keep, rank, world
+
+    # --- discovery ----------------------------------------------------------------
+    def complete(self) -> list[Path]:
+        """Complete checkpoints, oldest first."""
+        if not self.directory.is_dir():
+            return []
+        found = [p for p in self.directory.iterdir()
+                 if p.is_dir() and STEP_DIR.match(p.name) and (p / CHECKPOINT_FILE).is_file()]
+        return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
+
+    def latest(self) -> Optional[Path]:
+        pointer = self.directory / LATEST
+        if pointer.is_file():
+            path = self.directory / pointer.read_text(encoding="utf-8").strip()
+            if (path / CHECKPOINT_FILE).is_file():
+                return path
+        complete = self.complete()  # no pointer (or a dangling one): the newest complete folder
+        return complete[-1] if complete else None
+
+    def clean_incomplete(self) -> None:
+        """Rank 0, at start: remove what killed saves left behind."""
+        if self.rank != 0 or not self.directory.is_dir():
+            return
+        for path in self.directory.iterdir():
+            if path.name.startswith(TMP_PREFIX) or (path.is_dir() and STEP_DIR.match(path.name)
+                                                     and not (path / CHECKPOINT_FILE).is_file()):
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink()
+
+    # --- save ---------------------------------------------------------------------
+    def save(self, engine, step: int, trainer_state: dict) -> Path:
+        tag = tag_of(step)
+        final, tmp = self.directory / tag, self.directory / (TMP_PREFIX + tag)
+        if self.rank == 0:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        dist.barrier()
+        engine.save_checkpoint(str(self.directory), tag=tmp.name, client_state={"trainer": trainer_state},
+                               save_latest=False)
+        torch.save(rng_state(), tmp / f"rng_rank_{self.rank:05d}.pt")
+        dist.barrier()
+        if self.rank == 0:
+            if os.environ.get(KILL_IN_SAVE_ENV) == str(step):
+                os.kill(os.getpid(), signal.SIGKILL)
+            files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+            _write_atomic(tmp / CHECKPOINT_FILE, json.dumps(
+                {"format_version": FORMAT_VERSION, "step": step, "world_size": self.world,
+                 "trainer": trainer_state, "files": files}, indent=1) + "\n")
+            if final.exists():  # a checkpoint of this step from an earlier attempt
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(self.directory)
+            _write_atomic(self.directory / LATEST, tag + "\n")
+            for old in self.complete()[: -self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        dist.barrier()
+        return final
+
+    # --- load ---------------------------------------------------------------------
+    def load(self, engine, path: Path, universal: bool) -> dict:
+        """Restore engine and RNG from ``path``; returns the trainer state saved with it."""
+        info = json.loads((path / CHECKPOINT_FILE).read_text(encoding="utf-8"))
+        if info.get("format_version") != FORMAT_VERSION:
+            raise ResumeError(f"{path / CHECKPOINT_FILE}: format_version {info.get('format_version')}, "
+                              f"this code reads {FORMAT_VERSION}")
+        same_topology = info["world_size"] == self.world
+        universal_path = path.with_name(path.name + UNIVERSAL_SUFFIX)
+        convert = (f"  python -m deepspeed.checkpoint.ds_to_universal --input_folder {path} "
+                   f"--output_folder {universal_path} --inject_missing_state")
+        if not same_topology and not universal:
+            raise ResumeError(
+                f"{path} was written by {info['world_size']} ranks and this run has {self.world}. ZeRO "
+                f"partitions optimizer state by rank, so it cannot be loaded as it is. Either run with "
+                f"{info['world_size']} ranks, or convert it to a DeepSpeed universal checkpoint:\n{convert}\n"
+                f"and resume with --universal_checkpoint true (keep the global batch; RNG streams restart).")
+        if universal and not universal_path.is_dir():
+            raise ResumeError(f"--universal_checkpoint true: {universal_path} not found; create it with\n{convert}")
+        loaded, client = engine.load_checkpoint(str(self.directory), tag=(universal_path if universal else path).name,
+                                                load_optimizer_states=True, load_lr_scheduler_states=True)
+        if loaded is None:
+            raise ResumeError(f"DeepSpeed could not load the checkpoint in {path}")
+        if not universal:
+            set_rng_state(torch.load(path / f"rng_rank_{self.rank:05d}.pt", weights_only=False))
+        return client["trainer"] if client and "trainer" in client else info["trainer"]
