@@ -36,14 +36,14 @@ import torch.nn.functional as F
 Backend = Callable[..., torch.Tensor]
 
 
-def relative_bias(query, key, pos_key, pos_query, rel_index, scale):
-    """c2p + p2c scores, [B, H, L, L], computed from pre-scaled operands."""
-    batch, heads, length, _ = query.shape
+def relative_bias(scaled_query, key, pos_key, pos_query, rel_index, scale):
+    """c2p + p2c scores, [B, H, L, L]; the query comes already multiplied by ``scale``."""
+    batch, heads, length, _ = scaled_query.shape
     index = rel_index.expand(batch, heads, length, length)
     bias = None
     if pos_key is not None:
         # [B,H,L,d] @ [H,d,2S] -> [B,H,L,2S], then pick column r(i, j) for each key j.
-        c2p = torch.matmul(query * scale, pos_key.transpose(-1, -2).to(query.dtype))
+        c2p = torch.matmul(scaled_query, pos_key.transpose(-1, -2).to(scaled_query.dtype))
         bias = torch.gather(c2p, -1, index)
     if pos_query is not None:
         # k_j . pos_query[r(i, j)]: row j of k @ pos_query^T, column r(i, j); r is
@@ -63,7 +63,8 @@ def _pair_mask(mask: torch.Tensor) -> torch.Tensor:
 def eager_attention(query, key, value, pos_key, pos_query, rel_index, mask, scale,
                     dropout_p: float = 0.0):
     """The reference: plain PyTorch operations, easiest to read and to check."""
-    scores = torch.matmul(query * scale, key.transpose(-1, -2))
+    query = query * scale
+    scores = torch.matmul(query, key.transpose(-1, -2))
     bias = relative_bias(query, key, pos_key, pos_query, rel_index, scale)
     if bias is not None:
         scores = scores + bias
@@ -81,7 +82,7 @@ def sdpa_attention(query, key, value, pos_key, pos_query, rel_index, mask, scale
     The [B,H,L,L] probabilities and dropout mask are not kept for backward, which saves
     memory and time; the relative bias is still materialised once.
     """
-    bias = relative_bias(query, key, pos_key, pos_query, rel_index, scale)
+    bias = relative_bias(query * scale, key, pos_key, pos_query, rel_index, scale)
     if bias is None:
         bias = torch.zeros((), dtype=query.dtype, device=query.device).expand(
             query.shape[0], query.shape[1], query.shape[2], key.shape[2])
