@@ -30,6 +30,8 @@ setup(
         "test": [
             "pytest>=8",
             "transformers==5.24.0",
+            "scikit-learn>=1.4",  # metric oracles for the finetune tests
+            "scipy>=1.11",
             "protobuf>=4",
             "mpi4py>=4.0",
             "mpich>=4.2",
