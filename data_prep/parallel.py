@@ -99,21 +99,35 @@ def share_of_rank(tasks: Sequence, weights: Sequence[float], rank: int, size: in
     return mine
 
 
-def run_tasks(function: Callable, tasks: Iterable, workers: int) -> Iterator[tuple[Any, Any]]:
-    """``(task, function(task))`` for every task, in this process or in ``workers``
-    processes, in the order they finish. A worker that dies (killed, out of memory) raises
-    ``BrokenProcessPool`` here rather than hanging the job."""
-    tasks = list(tasks)
-    if workers <= 1 or len(tasks) <= 1:
-        for task in tasks:
-            yield task, function(task)
-        return
-    # spawn, not fork: a forked child of an MPI process inherits MPI state it must not use.
-    with ProcessPoolExecutor(max_workers=min(workers, len(tasks)),
-                             mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(function, task): task for task in tasks}
+class Workers:
+    """``--workers`` processes, started once and reused by every stage: starting one costs
+    an interpreter and the imports. With one worker, tasks run in this process."""
+
+    def __init__(self, count: int):
+        self.count = count
+        self._pool: ProcessPoolExecutor | None = None
+
+    def run(self, function: Callable, tasks: Iterable) -> Iterator[tuple[Any, Any]]:
+        """``(task, function(task))`` for every task, in the order they finish. A worker that
+        dies (killed, out of memory) raises ``BrokenProcessPool`` here instead of hanging."""
+        tasks = list(tasks)
+        if self.count <= 1 or len(tasks) <= 1:
+            for task in tasks:
+                yield task, function(task)
+            return
+        if self._pool is None:
+            # spawn, not fork: a forked child of an MPI process inherits MPI state it must not use.
+            self._pool = ProcessPoolExecutor(max_workers=self.count, mp_context=multiprocessing.get_context("spawn"))
+        futures = {self._pool.submit(function, task): task for task in tasks}
         for future in as_completed(futures):
             yield futures[future], future.result()
+
+    def __enter__(self) -> "Workers":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
 
 
 class Progress:

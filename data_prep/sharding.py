@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from deberta.tokenizer import GPT2BPETokenizer, SentencePieceTokenizer, Tokenizer, load_tokenizer
+from deberta.tokenizer import Tokenizer, load_tokenizer
 
 from . import dedup
 from .encoding import SPLITS, EncodeJob, encode_piece, piece_path
 from .inputs import Piece, ProblemLog, find_inputs, plan_pieces
-from .parallel import Progress, connect, run_tasks, share_of_rank
+from .parallel import Progress, Workers, connect, share_of_rank
 from .shard_format import (INDEX_VERSION, Packing, commit, sha256_file, smallest_uint_dtype,
                            temporary_name, write_atomically)
 from .writing import PieceSpan, ShardJob, write_shard_job
@@ -80,16 +80,8 @@ class ShardConfig:
 
 # --- tokenizer ------------------------------------------------------------------------
 
-def tokenizer_sources(tokenizer: Tokenizer) -> dict[str, Path]:
-    if isinstance(tokenizer, SentencePieceTokenizer):
-        return {"spm.model": tokenizer.model_file}
-    if isinstance(tokenizer, GPT2BPETokenizer):
-        return {"vocab.json": tokenizer.vocab_file, "merges.txt": tokenizer.merges_file}
-    raise TypeError(f"unsupported tokenizer {type(tokenizer).__name__}")
-
-
 def describe_tokenizer(path: str, tokenizer: Tokenizer) -> dict:
-    files = {name: sha256_file(source) for name, source in tokenizer_sources(tokenizer).items()}
+    files = {name: sha256_file(source) for name, source in tokenizer.files().items()}
     return {"kind": tokenizer.name, "path": os.path.abspath(path), "sha256": next(iter(files.values())),
             "files": files, "copy": TOKENIZER_FOLDER}
 
@@ -97,7 +89,7 @@ def describe_tokenizer(path: str, tokenizer: Tokenizer) -> dict:
 def _copy_tokenizer(tokenizer: Tokenizer, folder: Path, hashes: dict[str, str]) -> None:
     """Into the output folder, so that the data carries the tokenizer that made it."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name, source in tokenizer_sources(tokenizer).items():
+    for name, source in tokenizer.files().items():
         target = folder / name
         if target.is_file() and sha256_file(target) == hashes[name]:
             continue
@@ -171,6 +163,7 @@ class _Job:
     config: ShardConfig
     comm: object
     plan: dict
+    workers: Workers
     output: Path = field(init=False)
     work: Path = field(init=False)
 
@@ -205,7 +198,7 @@ class _Job:
         progress = Progress(stage, len(mine), sum(weight_of[id(t)] for t in mine), self.comm.rank,
                             self.comm.size, self.config.progress_interval)
         results = []
-        for task, result in run_tasks(function, mine, self.config.workers):
+        for task, result in self.workers.run(function, mine):
             results.append(result)
             progress.update(weight_of[id(task)])
         gathered = self.comm.gather(results)
@@ -215,14 +208,15 @@ class _Job:
 def run_shard(config: ShardConfig) -> int:
     comm = connect()
     try:
-        job = _Job(config, comm, None)
-        job.plan = job.on_rank_zero(lambda: plan(config))
-        if job.plan["complete"]:
-            job.say(f"{config.output}: already complete ({MANIFEST} matches these inputs and settings)")
-            if comm.rank == 0:
-                shutil.rmtree(job.work, ignore_errors=True)
-            return 0
-        return _run_stages(job)
+        with Workers(config.workers) as workers:
+            job = _Job(config, comm, None, workers)
+            job.plan = job.on_rank_zero(lambda: plan(config))
+            if job.plan["complete"]:
+                job.say(f"{config.output}: already complete ({MANIFEST} matches these inputs and settings)")
+                if comm.rank == 0:
+                    shutil.rmtree(job.work, ignore_errors=True)
+                return 0
+            return _run_stages(job)
     except PrepError as error:
         if comm.rank == 0:
             print(f"data_prep shard: error: {error}", file=sys.stderr, flush=True)
@@ -258,7 +252,7 @@ def _encode(job: _Job, pieces: list[Piece]) -> dict | None:
     progress = Progress("encode", len(mine), sum(j.piece.size for j in mine), job.comm.rank,
                         job.comm.size, config.progress_interval)
     failures = []
-    for _, result in run_tasks(encode_piece, mine, config.workers):
+    for _, result in job.workers.run(encode_piece, mine):
         if "error" in result:
             failures.append(result)
             print(f"data_prep shard: cannot read {result['path']}: {result['error']}", file=sys.stderr, flush=True)
