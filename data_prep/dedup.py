@@ -6,9 +6,12 @@ Digests are partitioned by their last 8 bytes into ``num_partitions`` (a functio
 corpus size, not of the process count), so each partition is one bounded task:
 
 1. ``find_duplicates`` reads the digests of one partition from every piece and writes the
-   ordinals of all copies but the first (``dedup/SPLIT-PPPPP.npy``).
+   ordinals of all copies but the first (``SPLIT-PPPPP.npy``).
 2. ``apply_duplicates`` gives each piece the local indices of its dropped documents
-   (``pieces/NNNNNN.SPLIT.dropped.npy``) and a marker with the dropped counts.
+   (``KEY.SPLIT.dropped.npy``) and a marker with the dropped counts (``KEY.json``).
+
+These files live in a folder named after the list of pieces (``dedup_dir``), since
+ordinals mean something only for that list.
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ def num_partitions(total_documents: int) -> int:
 class PieceDocuments:
     """Where a piece's documents of one split sit in corpus order."""
 
-    index: int
+    key: str
     first_ordinal: int
     documents: int
 
@@ -42,14 +45,15 @@ class PieceDocuments:
 @dataclass(frozen=True)
 class PartitionJob:
     work_dir: str
+    dedup_dir: str
     split: str
     partition: int
     num_partitions: int
     pieces: tuple[PieceDocuments, ...]
 
 
-def partition_path(work_dir: str | Path, split: str, partition: int) -> Path:
-    return Path(work_dir) / "dedup" / f"{split}-{partition:05d}.npy"
+def partition_path(dedup_dir: str | Path, split: str, partition: int) -> Path:
+    return Path(dedup_dir) / f"{split}-{partition:05d}.npy"
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -64,7 +68,7 @@ def find_duplicates(job: PartitionJob) -> int:
     for piece in job.pieces:
         if piece.documents == 0:
             continue
-        halves = np.fromfile(piece_path(job.work_dir, piece.index, f"{job.split}.hash"), dtype="<u8").reshape(-1, 2)
+        halves = np.fromfile(piece_path(job.work_dir, piece.key, f"{job.split}.hash"), dtype="<u8").reshape(-1, 2)
         mine = np.flatnonzero(halves[:, 1] % np.uint64(job.num_partitions) == job.partition)
         digests.append(halves[mine])
         ordinals.append(mine.astype(np.int64) + piece.first_ordinal)
@@ -74,24 +78,25 @@ def find_duplicates(job: PartitionJob) -> int:
     digests, ordinals = digests[order], ordinals[order]
     repeats = np.all(digests[1:] == digests[:-1], axis=1)
     dropped = np.sort(ordinals[1:][repeats])
-    _save_npy(partition_path(job.work_dir, job.split, job.partition), dropped)
+    _save_npy(partition_path(job.dedup_dir, job.split, job.partition), dropped)
     return len(dropped)
 
 
 @dataclass(frozen=True)
 class ApplyJob:
     work_dir: str
-    piece: int
+    dedup_dir: str
+    piece: str                   # key
     num_partitions: dict         # split -> partitions of that split
     first_ordinal: dict          # split -> ordinal of the piece's first document
 
 
-def dedup_marker_path(work_dir: str | Path, piece: int) -> Path:
-    return piece_path(work_dir, piece, "dedup.json")
+def dedup_marker_path(dedup_dir: str | Path, piece: str) -> Path:
+    return Path(dedup_dir) / f"{piece}.json"
 
 
-def dropped_path(work_dir: str | Path, piece: int, split: str) -> Path:
-    return piece_path(work_dir, piece, f"{split}.dropped.npy")
+def dropped_path(dedup_dir: str | Path, piece: str, split: str) -> Path:
+    return Path(dedup_dir) / f"{piece}.{split}.dropped.npy"
 
 
 def apply_duplicates(job: ApplyJob) -> dict:
@@ -101,17 +106,16 @@ def apply_duplicates(job: ApplyJob) -> dict:
         first, end = job.first_ordinal[split], job.first_ordinal[split] + len(lengths)
         local = []
         for partition in range(job.num_partitions[split]):
-            ordinals = np.load(partition_path(job.work_dir, split, partition), mmap_mode="r")
+            ordinals = np.load(partition_path(job.dedup_dir, split, partition), mmap_mode="r")
             low, high = np.searchsorted(ordinals, [first, end])
             local.append(np.asarray(ordinals[low:high]) - first)
         dropped = np.sort(np.concatenate(local)) if local else np.empty(0, dtype=np.int64)
-        _save_npy(dropped_path(job.work_dir, job.piece, split), dropped)
+        _save_npy(dropped_path(job.dedup_dir, job.piece, split), dropped)
         counts[split] = {"documents": int(len(dropped)),
                          "tokens": int(lengths[dropped].sum(dtype=np.uint64))}
-    write_atomically(dedup_marker_path(job.work_dir, job.piece), json.dumps(counts).encode())
+    write_atomically(dedup_marker_path(job.dedup_dir, job.piece), json.dumps(counts).encode())
     return counts
 
 
-def load_dropped(work_dir: str | Path, piece: int, split: str) -> np.ndarray:
-    path = dropped_path(work_dir, piece, split)
-    return np.load(path) if path.is_file() else np.empty(0, dtype=np.int64)
+def load_dropped(dedup_dir: str | Path, piece: str, split: str) -> np.ndarray:
+    return np.load(dropped_path(dedup_dir, piece, split))

@@ -1,6 +1,6 @@
 """Stage 1 of ``shard``: read, normalise, encode and split the documents of one piece.
 
-Each piece writes, per split, its token ids (``.tok``), one length per document (``.len``,
+Each piece writes, under its key, per split, its token ids (``.tok``), one length per document (``.len``,
 u32) and one 16-byte content digest per document (``.hash``) into the work folder, and
 then a ``.json`` marker with its counts. A piece without a marker is not done.
 
@@ -44,8 +44,8 @@ class EncodeJob:
     dtype: str
 
 
-def piece_path(work_dir: str | Path, index: int, suffix: str) -> Path:
-    return Path(work_dir) / "pieces" / f"{index:06d}.{suffix}"
+def piece_path(work_dir: str | Path, key: str, suffix: str) -> Path:
+    return Path(work_dir) / "pieces" / f"{key}.{suffix}"
 
 
 def is_valid_document(digest: bytes, valid_fraction: float) -> bool:
@@ -89,9 +89,9 @@ class _SplitOutput:
 
     KINDS = ("tok", "len", "hash")
 
-    def __init__(self, work_dir: str, index: int, split: str, dtype: np.dtype):
+    def __init__(self, work_dir: str, key: str, split: str, dtype: np.dtype):
         self.dtype = dtype
-        self.final = {kind: piece_path(work_dir, index, f"{split}.{kind}") for kind in self.KINDS}
+        self.final = {kind: piece_path(work_dir, key, f"{split}.{kind}") for kind in self.KINDS}
         self.temporary = {kind: temporary_name(path) for kind, path in self.final.items()}
         self.files = {kind: open(path, "wb") for kind, path in self.temporary.items()}
         self.documents = self.tokens = 0
@@ -121,7 +121,7 @@ def encode_piece(job: EncodeJob) -> dict:
     """Encode one piece; returns its marker (or, for an unreadable input, the error)."""
     piece, problems = job.piece, ProblemLog()
     encode = single_core_encoder(job.tokenizer_path)
-    outputs = {split: _SplitOutput(job.work_dir, piece.index, split, np.dtype(job.dtype)) for split in SPLITS}
+    outputs = {split: _SplitOutput(job.work_dir, piece.key, split, np.dtype(job.dtype)) for split in SPLITS}
     reader = PieceReader(piece, job.text_field, problems, Path(job.work_dir))
     text_bytes = 0
     texts: list[str] = []
@@ -166,7 +166,7 @@ def encode_piece(job: EncodeJob) -> dict:
     except InputReadError as error:
         for output in outputs.values():
             output.discard()
-        return {"piece": piece.index, "path": piece.path, "error": str(error),
+        return {"key": piece.key, "path": piece.path, "error": str(error),
                 "problems": problems.to_json()}
     except BaseException:
         for output in outputs.values():
@@ -175,11 +175,12 @@ def encode_piece(job: EncodeJob) -> dict:
     for output in outputs.values():
         output.commit()
     marker = {
+        "key": piece.key,
         "piece": asdict(piece),
         "documents": {split: outputs[split].documents for split in SPLITS},
         "tokens": {split: outputs[split].tokens for split in SPLITS},
         "text_bytes": text_bytes,
         "problems": problems.to_json(),
     }
-    write_atomically(piece_path(job.work_dir, piece.index, "json"), json.dumps(marker, indent=1).encode())
+    write_atomically(piece_path(job.work_dir, piece.key, "json"), json.dumps(marker, indent=1).encode())
     return marker

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import glob
 import gzip
+import hashlib
 import json
 import os
 import shutil
@@ -88,6 +89,16 @@ class Piece:
     start: int = 0       # byte offset (plain txt/jsonl) or row group (parquet)
     end: int = -1        # byte offset or row group, exclusive; -1 = to the end
     size: int = 0        # bytes on disk, for scheduling and progress
+    file_bytes: int = 0
+    file_mtime_ns: int = 0
+
+    @property
+    def key(self) -> str:
+        """Names the piece's work files: a piece is done once, and redone when its file
+        changes, whatever else changes in the list of inputs between runs."""
+        identity = f"{self.path}|{self.format}|{self.compressed}|{self.start}|{self.end}|" \
+                   f"{self.file_bytes}|{self.file_mtime_ns}"
+        return hashlib.blake2b(identity.encode(), digest_size=10).hexdigest()
 
 
 # --- finding inputs -------------------------------------------------------------------
@@ -134,22 +145,23 @@ def find_inputs(patterns: list[str]) -> list[tuple[str, str, bool]]:
 
 
 def plan_pieces(inputs: list[tuple[str, str, bool]], piece_bytes: int) -> list[Piece]:
+    """Pieces ``(start, end, size)`` of each input, in input order."""
     pieces: list[Piece] = []
-
-    def add(path, fmt, compressed, start=0, end=-1, size=0):
-        pieces.append(Piece(len(pieces), path, fmt, compressed, start, end, size))
-
     for path, fmt, compressed in inputs:
-        size = os.path.getsize(path)
+        status = os.stat(path)
         if fmt in ("txt", "jsonl") and not compressed:
-            for start in range(0, max(size, 1), piece_bytes):
-                add(path, fmt, False, start, min(start + piece_bytes, size), min(piece_bytes, size - start))
+            size = status.st_size
+            spans = [(start, min(start + piece_bytes, size), min(piece_bytes, size - start))
+                     for start in range(0, max(size, 1), piece_bytes)]
         elif fmt == "parquet" and not compressed:
             metadata = pyarrow.parquet.ParquetFile(path).metadata
-            for group in range(metadata.num_row_groups):
-                add(path, fmt, False, group, group + 1, metadata.row_group(group).total_byte_size)
+            spans = [(group, group + 1, metadata.row_group(group).total_byte_size)
+                     for group in range(metadata.num_row_groups)]
         else:
-            add(path, fmt, compressed, size=size)
+            spans = [(0, -1, status.st_size)]
+        for start, end, size in spans:
+            pieces.append(Piece(len(pieces), path, fmt, compressed, start, end, size, status.st_size,
+                                status.st_mtime_ns))
     return pieces
 
 
@@ -296,7 +308,7 @@ class PieceReader:
 
     def _decompressed(self) -> str:
         """Parquet needs random access, so a ``.parquet.gz`` is unpacked to scratch first."""
-        target = self.scratch_dir / f"piece-{self.piece.index}-{os.getpid()}.parquet"
+        target = self.scratch_dir / f"{self.piece.key}.{os.getpid()}.parquet"
         with gzip.open(self.piece.path, "rb") as source, open(target, "wb") as destination:
             shutil.copyfileobj(source, destination, 1 << 22)
         return str(target)

@@ -14,6 +14,7 @@ the corpus and the settings, so the bytes written do not depend on ranks or work
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -129,26 +130,27 @@ def plan(config: ShardConfig) -> dict:
                    "inputs": [{"path": os.path.abspath(p), "bytes": os.path.getsize(p)} for p, _, _ in inputs]}
     if config.overwrite and output.is_dir():
         _remove_outputs(output)
-    for name in (MANIFEST, f"{WORK_FOLDER}/plan.json"):
+    # A finished output must match everything; unfinished work only the settings and the
+    # tokenizer: its pieces are named after their files, so inputs may be repaired, added
+    # or removed between runs and what is still valid is kept.
+    for name, compared in ((MANIFEST, fingerprint.keys()), (f"{WORK_FOLDER}/plan.json", ("settings", "tokenizer"))):
         if (output / name).is_file():
             found = json.loads((output / name).read_text())
-            found = {key: found[key] for key in fingerprint}
-            if found != fingerprint:
-                what = _difference(found, fingerprint)
-                raise PrepError(f"{output / name} was made from other inputs or settings ({what}); "
-                                f"choose another --output, or pass --overwrite to replace it")
+            found, wanted = {key: found[key] for key in compared}, {key: fingerprint[key] for key in compared}
+            if found != wanted:
+                raise PrepError(f"{output / name} was made from other inputs or settings "
+                                f"({_difference(found, wanted)}); choose another --output, or pass "
+                                f"--overwrite to replace it")
             if name == MANIFEST:
                 return {"complete": True}
     work = output / WORK_FOLDER
     (work / "pieces").mkdir(parents=True, exist_ok=True)
-    (work / "dedup").mkdir(exist_ok=True)
     _copy_tokenizer(tokenizer, output / TOKENIZER_FOLDER, fingerprint["tokenizer"]["files"])
     plan_path = work / "plan.json"
-    if plan_path.is_file():
-        pieces = json.loads(plan_path.read_text())["pieces"]
-    else:
-        pieces = [asdict(p) for p in plan_pieces(inputs, int(config.piece_size_mb * 2**20))]
-        write_atomically(plan_path, json.dumps({**fingerprint, "pieces": pieces}, indent=1).encode())
+    if not plan_path.is_file():
+        write_atomically(plan_path, json.dumps({key: fingerprint[key] for key in ("settings", "tokenizer")},
+                                               indent=1).encode())
+    pieces = [asdict(p) for p in plan_pieces(inputs, int(config.piece_size_mb * 2**20))]
     return {"complete": False, "fingerprint": fingerprint, "pieces": pieces,
             "vocab_size": tokenizer.vocab_size, "special_ids": tokenizer.special_ids,
             "dtype": smallest_uint_dtype(tokenizer.vocab_size).str}
@@ -236,8 +238,8 @@ def _run_stages(job: _Job) -> int:
     markers = _encode(job, pieces)
     if markers is None:
         return 1
-    dropped = _deduplicate(job, markers) if config.dedup else {}
-    shards = _write_shards(job, markers, dropped)
+    dedup_dir, dropped = _deduplicate(job, markers) if config.dedup else (None, {})
+    shards = _write_shards(job, markers, dedup_dir, dropped)
     job.on_rank_zero(lambda: _write_manifest(job, markers, dropped, shards))
     return 0
 
@@ -245,7 +247,7 @@ def _run_stages(job: _Job) -> int:
 def _encode(job: _Job, pieces: list[Piece]) -> dict | None:
     config = job.config
     pending = job.on_rank_zero(
-        lambda: [p.index for p in pieces if not piece_path(job.work, p.index, "json").is_file()])
+        lambda: [p.index for p in pieces if not piece_path(job.work, p.key, "json").is_file()])
     jobs = [EncodeJob(pieces[i], str(job.work), str(job.output / TOKENIZER_FOLDER), config.text_field,
                       config.valid_fraction, job.plan["dtype"]) for i in pending]
     mine = share_of_rank(jobs, [j.piece.size for j in jobs], job.comm.rank, job.comm.size)
@@ -265,7 +267,7 @@ def _encode(job: _Job, pieces: list[Piece]) -> dict | None:
         failed = [f for rank_failures in gathered for f in rank_failures]
         markers = {}
         for piece in pieces:
-            marker = piece_path(job.work, piece.index, "json")
+            marker = piece_path(job.work, piece.key, "json")
             if marker.is_file():
                 markers[piece.index] = json.loads(marker.read_text())
         missing = [p for p in pieces if p.index not in markers]
@@ -275,7 +277,8 @@ def _encode(job: _Job, pieces: list[Piece]) -> dict | None:
             raise PrepError(f"{len(missing)} of {len(pieces)} input pieces could not be read:\n  {named}\n"
                             f"The other pieces are kept: fix or remove these files and run the same "
                             f"command again (it resumes), or pass --allow_unreadable to leave them out.")
-        return {"markers": markers, "failed": failed, "missing": [asdict(p) for p in missing]}
+        return {"markers": markers, "failed": failed,
+                "missing": [{"path": p.path, "start": p.start, "end": p.end} for p in missing]}
 
     try:
         return job.on_rank_zero(collect)
@@ -288,9 +291,11 @@ def _ordered(markers: dict) -> list[dict]:
     return [markers[i] for i in sorted(markers)]
 
 
-def _deduplicate(job: _Job, state: dict) -> dict:
-    """Dropped document and token counts per piece and split."""
+def _deduplicate(job: _Job, state: dict) -> tuple[str, dict]:
+    """The folder of the dedup results, and dropped document and token counts per piece key."""
     markers = _ordered(state["markers"])
+    keys = [m["key"] for m in markers]
+    dedup_dir = job.work / f"dedup-{hashlib.blake2b(' '.join(keys).encode(), digest_size=10).hexdigest()}"
     first_ordinals, totals = [], {split: 0 for split in SPLITS}
     for marker in markers:
         first_ordinals.append(dict(totals))
@@ -299,12 +304,13 @@ def _deduplicate(job: _Job, state: dict) -> dict:
     partitions = {split: dedup.num_partitions(totals[split]) for split in SPLITS}
 
     def partition_jobs() -> list:
+        dedup_dir.mkdir(exist_ok=True)
         jobs = []
         for split in SPLITS:
-            spans = tuple(dedup.PieceDocuments(m["piece"]["index"], first[split], m["documents"][split])
+            spans = tuple(dedup.PieceDocuments(m["key"], first[split], m["documents"][split])
                           for m, first in zip(markers, first_ordinals))
-            jobs += [dedup.PartitionJob(str(job.work), split, p, partitions[split], spans)
-                     for p in range(partitions[split]) if not dedup.partition_path(job.work, split, p).is_file()]
+            jobs += [dedup.PartitionJob(str(job.work), str(dedup_dir), split, p, partitions[split], spans)
+                     for p in range(partitions[split]) if not dedup.partition_path(dedup_dir, split, p).is_file()]
         return jobs
 
     jobs = job.on_rank_zero(partition_jobs)
@@ -312,19 +318,19 @@ def _deduplicate(job: _Job, state: dict) -> dict:
                   [dedup.DIGEST_BYTES * sum(s.documents for s in j.pieces) / j.num_partitions for j in jobs])
 
     def apply_jobs() -> list:
-        return [(dedup.ApplyJob(str(job.work), m["piece"]["index"], partitions, first), sum(m["documents"].values()))
+        return [(dedup.ApplyJob(str(job.work), str(dedup_dir), m["key"], partitions, first),
+                 sum(m["documents"].values()))
                 for m, first in zip(markers, first_ordinals)
-                if not dedup.dedup_marker_path(job.work, m["piece"]["index"]).is_file()]
+                if not dedup.dedup_marker_path(dedup_dir, m["key"]).is_file()]
 
     jobs_and_documents = job.on_rank_zero(apply_jobs)
     job.run_share("dedup-apply", dedup.apply_duplicates, [j for j, _ in jobs_and_documents],
                   [dedup.DIGEST_BYTES * documents for _, documents in jobs_and_documents])
-    return job.on_rank_zero(lambda: {
-        m["piece"]["index"]: json.loads(dedup.dedup_marker_path(job.work, m["piece"]["index"]).read_text())
-        for m in markers})
+    return str(dedup_dir), job.on_rank_zero(
+        lambda: {key: json.loads(dedup.dedup_marker_path(dedup_dir, key).read_text()) for key in keys})
 
 
-def _shard_jobs(job: _Job, state: dict, dropped: dict) -> list[ShardJob]:
+def _shard_jobs(job: _Job, state: dict, dedup_dir: str | None, dropped: dict) -> list[ShardJob]:
     config, plan_ = job.config, job.plan
     packing = Packing(config.seq_len, plan_["special_ids"]["[CLS]"], plan_["special_ids"]["[SEP]"])
     itemsize = np.dtype(plan_["dtype"]).itemsize
@@ -333,10 +339,9 @@ def _shard_jobs(job: _Job, state: dict, dropped: dict) -> list[ShardJob]:
     for split in SPLITS:
         spans, stream_start = [], 0
         for marker in _ordered(state["markers"]):
-            index = marker["piece"]["index"]
-            kept = marker["tokens"][split] - (dropped[index][split]["tokens"] if dropped else 0)
+            kept = marker["tokens"][split] - (dropped[marker["key"]][split]["tokens"] if dropped else 0)
             if kept:
-                spans.append(PieceSpan(index, stream_start, kept))
+                spans.append(PieceSpan(marker["key"], stream_start, kept))
                 stream_start += kept
         total_sequences = packing.num_sequences(stream_start)
         for number, first in enumerate(range(0, total_sequences, per_shard)):
@@ -346,12 +351,26 @@ def _shard_jobs(job: _Job, state: dict, dropped: dict) -> list[ShardJob]:
             overlapping = tuple(s for s in spans
                                 if s.stream_start < first_token + tokens and s.stream_start + s.tokens > first_token)
             jobs.append(ShardJob(str(job.work), str(job.output), f"{split}-{number:05d}", split, plan_["dtype"],
-                                 packing, first, count, first_token, tokens, overlapping, config.dedup))
+                                 packing, first, count, first_token, tokens, overlapping, dedup_dir))
     return jobs
 
 
-def _write_shards(job: _Job, state: dict, dropped: dict) -> list[dict] | None:
-    jobs = job.on_rank_zero(lambda: _shard_jobs(job, state, dropped))
+def _plan_shards(job: _Job, state: dict, dedup_dir: str | None, dropped: dict) -> list[ShardJob]:
+    """The shard jobs; shards left by an earlier run for another set of pieces are removed,
+    since their content would not match (the plan of the shards written is kept in
+    ``.work/shards.json``)."""
+    jobs = _shard_jobs(job, state, dedup_dir, dropped)
+    described = json.dumps([asdict(j) for j in jobs]).encode()
+    plan_path = job.work / "shards.json"
+    if not plan_path.is_file() or plan_path.read_bytes() != described:
+        for path in [*job.output.glob("*.bin"), *job.output.glob("*.idx")]:
+            path.unlink()
+        write_atomically(plan_path, described)
+    return jobs
+
+
+def _write_shards(job: _Job, state: dict, dedup_dir: str | None, dropped: dict) -> list[dict] | None:
+    jobs = job.on_rank_zero(lambda: _plan_shards(job, state, dedup_dir, dropped))
     itemsize = np.dtype(job.plan["dtype"]).itemsize
     records = job.run_share("write", write_shard_job, jobs, [j.num_tokens * itemsize for j in jobs])
     return sorted(records, key=lambda r: r["name"]) if records is not None else None

@@ -25,7 +25,7 @@ SEQUENCES_PER_WRITE = 8192
 class PieceSpan:
     """A piece's kept tokens of a split, and where they begin in the split's stream."""
 
-    index: int
+    key: str
     stream_start: int
     tokens: int
 
@@ -43,7 +43,7 @@ class ShardJob:
     first_token: int
     num_tokens: int
     pieces: tuple[PieceSpan, ...]
-    dedup: bool
+    dedup_dir: str | None        # where the dropped duplicates are listed, with --dedup
 
 
 def map_tokens(path: Path, dtype: np.dtype) -> np.ndarray:
@@ -57,13 +57,13 @@ class KeptTokens:
     position in that kept sequence. Kept documents that are adjacent in the file form a
     run, so reading costs one slice per run (one run when nothing was dropped)."""
 
-    def __init__(self, work_dir: str, piece: int, split: str, dtype: np.dtype, dedup: bool):
+    def __init__(self, work_dir: str, piece: str, split: str, dtype: np.dtype, dedup_dir: str | None):
         self.tokens = map_tokens(piece_path(work_dir, piece, f"{split}.tok"), dtype)
         lengths = np.fromfile(piece_path(work_dir, piece, f"{split}.len"), dtype="<u4").astype(np.int64)
         file_starts = np.cumsum(lengths) - lengths
         keep = np.ones(len(lengths), dtype=bool)
-        if dedup:
-            keep[load_dropped(work_dir, piece, split)] = False
+        if dedup_dir:
+            keep[load_dropped(dedup_dir, piece, split)] = False
         kept_lengths, kept_file_starts = lengths[keep], file_starts[keep]
         self.document_starts = np.cumsum(kept_lengths) - kept_lengths
         self.total = int(kept_lengths.sum())
@@ -86,7 +86,7 @@ class KeptTokens:
 
 def _stream_reader(job: ShardJob):
     dtype = np.dtype(job.dtype)
-    sources = [(span, KeptTokens(job.work_dir, span.index, job.split, dtype, job.dedup)) for span in job.pieces]
+    sources = [(span, KeptTokens(job.work_dir, span.key, job.split, dtype, job.dedup_dir)) for span in job.pieces]
 
     def read(begin: int, end: int) -> np.ndarray:
         parts = []

@@ -121,16 +121,17 @@ def clean_run(corpus_with_copies, tmp_path_factory):
     return folder_bytes(output)
 
 
-# Commits of this job: 1-2 plan, 3-37 five pieces encoded (7 files each), 38-39 dedup
-# partitions, 40-54 dedup applied to each piece, then .bin/.idx pairs from 55 on.
-@pytest.mark.parametrize("kill_after", [2, 10, 38, 45, 59])
+# Commits of this job: 1-2 tokenizer and plan, 3-37 five pieces encoded (7 files each),
+# 38-39 dedup partitions, 40-54 dedup applied to each piece, 55 the shard plan, then
+# .bin/.idx pairs from 56 on.
+@pytest.mark.parametrize("kill_after", [2, 10, 38, 45, 60])
 def test_killed_job_resumes_to_the_same_bytes(corpus_with_copies, clean_run, tmp_path, kill_after):
     inputs = [f"{corpus_with_copies}/*.txt"]
     killed = shard(inputs, tmp_path / "data", *RESUME_ARGS, check=False,
                    env={KILL_AFTER_COMMITS_ENV: str(kill_after)})
     assert killed.returncode == -9
     assert not (tmp_path / "data" / "manifest.json").exists()
-    if kill_after == 59:        # killed between a shard's .bin and its .idx
+    if kill_after == 60:        # killed between a shard's .bin and its .idx
         assert (tmp_path / "data" / "train-00002.bin").exists()
         assert not (tmp_path / "data" / "train-00002.idx").exists()
     verify = run_cli("verify", tmp_path / "data", check=False)
