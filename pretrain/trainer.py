@@ -122,6 +122,10 @@ class Trainer:
                         embedding_sharing=self.config.objective.embedding_sharing)
         return info
 
+    def parameter_count(self) -> int:
+        # ZeRO-3 leaves each rank a shard; ds_numel is the full size.
+        return sum(getattr(p, "ds_numel", p.numel()) for p in self.engine.module.parameters())
+
     def trainer_state(self) -> dict:
         return {"step": self.step, "consumed_samples": self.consumed, "skipped_steps": self.skipped,
                 "tokens_seen": self.tokens_seen, "global_batch": self.global_batch, "world_size": self.world,
@@ -161,7 +165,7 @@ class Trainer:
         self.out.print(
             f"{self.config.objective.objective} | {self.world} ranks | global batch {self.global_batch} = micro "
             f"{self.micro} x accumulation {self.accumulation} x {self.world} ranks | seq {self.seq_len} | "
-            f"{self.precision} | ZeRO {zero_stage(self.ds_config)} | {sum(getattr(p, "ds_numel", p.numel()) for p in self.engine.module.parameters()) / 1e6:.2f}M "
+            f"{self.precision} | ZeRO {zero_stage(self.ds_config)} | {self.parameter_count() / 1e6:.2f}M "
             f"parameters | TensorBoard: {self.out.tensorboard_dir}")
         order = TrainOrder(len(self.train_set), run.seed, self.micro, self.accumulation, self.rank, self.world)
         batches = iter(train_loader(self.train_set, order, self.consumed, self.config.data,
