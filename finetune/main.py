@@ -13,10 +13,15 @@ With SiFT: add --sift [--sift_lambda 1 --sift_step_size 1e-4 --sift_init_noise 1
 import logging
 import sys
 
-if __package__ in (None, ""):  # run as a script (deepspeed finetune/main.py): import the package
+if __package__ in (None, ""):
+    # Run as a script (deepspeed finetune/main.py), sys.path[0] is finetune/ itself: its
+    # module names (config, data, metrics, ...) must not shadow top-level packages, and
+    # the repository root makes the `finetune` package importable.
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    _HERE = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+    sys.path.insert(0, str(_HERE.parent))
 
 from finetune.config import parse_args  # noqa: E402
 from finetune.data import DataError  # noqa: E402

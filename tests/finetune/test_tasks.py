@@ -154,3 +154,20 @@ def test_finetuned_model_finetunes_again(tmp_path, tiny_model, sentiment_files):
     best = run(again, task="sst-2", data_dir=str(sentiment_files), model=str(tmp_path / "out" / "best"),
                max_steps=1, learning_rate=1e-9)
     assert best["accuracy"] == pytest.approx(first["accuracy"])
+
+
+def test_rte_sentence_pairs_from_shared_data(tmp_path, tiny_model, shared_data):
+    best = run(tmp_path, task="rte", data_dir=str(shared_data / "glue" / "RTE"), model=tiny_model, max_steps=3,
+               max_train_examples=48, max_eval_examples=40, max_seq_length=128)
+    assert "accuracy" in best
+    lines = (tmp_path / "out" / "predictions_dev.tsv").read_text().splitlines()
+    assert len(lines) == 41 and lines[1].split("\t")[1] in ("entailment", "not_entailment")
+
+
+def test_conll2000_chunking_from_shared_data(tmp_path, tiny_model, shared_data):
+    train = shared_data / "conll2000" / "train.txt"
+    best = run(tmp_path, task="ner", train=str(train), dev=str(train), model=tiny_model, max_steps=2,
+               max_train_examples=32, max_eval_examples=16)
+    assert 0.0 <= best["f1"] <= 100.0
+    labels = json.loads((tmp_path / "out" / "best" / "config.json").read_text())["finetune"]["labels"]
+    assert labels[0] == "O" and "B-NP" in labels and "I-NP" in labels
