@@ -83,7 +83,12 @@ def resolve_batch(ds: dict, run: RunConfig, world: int) -> tuple[int, int, int]:
             raise ConfigError(f"global batch {total} is not a multiple of accumulation {accum} x {world} ranks "
                               f"({described})")
     accum = accum or 1
-    return micro * accum * world, micro, accum
+    total = micro * accum * world
+    configured = ds.get("train_batch_size")
+    if configured and configured != total and "global" not in given:
+        raise ConfigError(f"batch sizes do not multiply out: train_batch_size in the DeepSpeed config={configured}, "
+                          f"but micro {micro} x accumulation {accum} x {world} ranks = {total} ({described})")
+    return total, micro, accum
 
 
 def resolve_precision(ds: dict, run: RunConfig) -> str:
