@@ -27,7 +27,8 @@ class FinetuneConfig:
     dev: Optional[str] = field(default=None, metadata={"help": "evaluation file (overrides data_dir's)"})
     test: Optional[str] = field(default=None, metadata={"help": "unlabelled file to predict"})
     # custom task
-    text_cols: Optional[str] = field(default=None, metadata={"help": "custom: one or two text columns, comma-separated"})
+    text_cols: Optional[str] = field(default=None, metadata={
+        "help": "custom: one or two text columns, comma-separated"})
     label_col: str = field(default="label", metadata={"help": "custom: the label column"})
     labels: Optional[str] = field(default=None, metadata={"help": "custom: label set, comma-separated "
                                                                   "(default: the training file's labels, sorted)"})
@@ -132,7 +133,8 @@ class FinetuneConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m finetune", description="Finetune a DeBERTa model folder on a task.")
+    parser = argparse.ArgumentParser(prog="python -m finetune",
+                                     description="Finetune a DeBERTa model folder on a task.")
     for f in dataclasses.fields(FinetuneConfig):
         help_text = f.metadata.get("help", "")
         # The dashed spelling too: the deepspeed launcher passes --local-rank.

@@ -136,9 +136,6 @@ class Split:
     has_labels: bool
     notes: list[str] = field(default_factory=list)
 
-    def __len__(self) -> int:
-        return len(self.features)
-
 
 class FeatureDataset(torch.utils.data.Dataset):
     def __init__(self, features: list[dict]):
@@ -151,7 +148,7 @@ class FeatureDataset(torch.utils.data.Dataset):
         return self.features[index]
 
 
-def pad_batch(features: list[dict], pad_id: int, label_fields: tuple[str, ...] = ("labels",)) -> dict[str, torch.Tensor]:
+def pad_batch(features: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad lists to the longest in the batch. Inputs may be [L] or [C, L] (choices).
 
     Per-token label lists are padded with -100 (ignored by the loss); scalar labels stack.
@@ -165,7 +162,7 @@ def pad_batch(features: list[dict], pad_id: int, label_fields: tuple[str, ...] =
             dtype = torch.float if isinstance(values[0], float) else torch.long
             batch[name] = torch.tensor(values, dtype=dtype)
             continue
-        fill = -100 if name in label_fields else (pad_id if name == "input_ids" else 0)
+        fill = -100 if name == "labels" else (pad_id if name == "input_ids" else 0)
         if values[0] and isinstance(values[0][0], list):  # [C, L]: pad every choice to one length
             length = max(len(choice) for v in values for choice in v)
             batch[name] = torch.tensor([[c + [fill] * (length - len(c)) for c in v] for v in values])

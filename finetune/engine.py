@@ -60,7 +60,6 @@ class LocalEngine:
         self.scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
         self.accumulation = config.gradient_accumulation_steps
         self.micro_steps = 0
-        self.rank, self.world_size = 0, 1
 
     def autocast(self):
         if self.dtype is None:
@@ -152,7 +151,6 @@ class DeepSpeedEngine:
                                                     config=ds_config)
         self.module = self.engine.module
         self.device = torch.device(get_accelerator().device_name(self.engine.local_rank))
-        self.rank, self.world_size = self.engine.global_rank, self.engine.world_size
 
     def forward(self, batch: dict):
         return self.engine(**batch)

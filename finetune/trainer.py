@@ -67,12 +67,18 @@ class Trainer:
             overrides["cls_dropout"] = config.cls_dropout
         self.model = load_model(config.model, head=self.task.head, **overrides)
 
+        # A DeepSpeed config with numbers (not "auto") for the batch sizes overrides the flags.
+        ds_config = read_ds_config(config.ds_config, config, self.world_size) if self.distributed else None
+        if ds_config:
+            self.batch_size = ds_config["train_micro_batch_size_per_gpu"]
+            self.accumulation = ds_config["gradient_accumulation_steps"]
+        else:
+            self.batch_size, self.accumulation = config.batch_size, config.gradient_accumulation_steps
         self.train_loader = self._train_loader()
-        self.steps_per_epoch = max(1, math.ceil(len(self.train_loader) / config.gradient_accumulation_steps))
+        self.steps_per_epoch = max(1, math.ceil(len(self.train_loader) / self.accumulation))
         self.total_steps = config.max_steps or max(1, math.ceil(config.epochs * self.steps_per_epoch))
         warmup_steps = int(config.warmup_ratio * self.total_steps)
         if self.distributed:
-            ds_config = read_ds_config(config.ds_config, config, self.world_size)
             self.engine = DeepSpeedEngine(self.model, config, self.total_steps, warmup_steps, ds_config)
             self.precision = "bf16" if ds_config.get("bf16", {}).get("enabled") else (
                 "fp16" if ds_config.get("fp16", {}).get("enabled") else "fp32")
@@ -118,7 +124,7 @@ class Trainer:
             sampler = DistributedSampler(dataset, self.world_size, self.rank, shuffle=True, seed=self.config.seed)
         else:
             sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(self.config.seed))
-        return DataLoader(dataset, batch_size=self.config.batch_size, sampler=sampler, collate_fn=self.task.collate)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, collate_fn=self.task.collate)
 
     def log(self, message: str) -> None:
         if self.rank == 0:
@@ -128,7 +134,7 @@ class Trainer:
     def train(self) -> dict:
         config = self.config
         self.log(f"training {self.total_steps} steps ({self.steps_per_epoch} per epoch) of "
-                 f"{config.batch_size} x {config.gradient_accumulation_steps} x {self.world_size} examples, "
+                 f"{self.batch_size} x {self.accumulation} x {self.world_size} examples, "
                  f"{self.precision}, SiFT {'on' if self.sift else 'off'}")
         progress = self._progress_bar()
         step, epoch, stale_evaluations, evaluated_at = 0, 0, 0, -1

@@ -136,7 +136,8 @@ class TableClassificationTask(Task):
     def write_predictions(self, split: Split, predictions: list[Prediction], folder: Path) -> Path:
         """Evaluated splits: index, prediction, label. Test splits: GLUE's submission format."""
         submission = dict(self.spec.submission_names).get(split.name)
-        path = folder / (f"{submission}.tsv" if submission and not split.has_labels else f"predictions_{split.name}.tsv")
+        name = f"{submission}.tsv" if submission and not split.has_labels else f"predictions_{split.name}.tsv"
+        path = folder / name
         with open(path, "w", encoding="utf-8", newline="") as f:
             writer = csv.writer(f, delimiter="\t", lineterminator="\n")
             writer.writerow(["index", "prediction"] + (["label"] if split.has_labels else []))

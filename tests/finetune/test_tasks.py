@@ -171,3 +171,19 @@ def test_conll2000_chunking_from_shared_data(tmp_path, tiny_model, shared_data):
     assert 0.0 <= best["f1"] <= 100.0
     labels = json.loads((tmp_path / "out" / "best" / "config.json").read_text())["finetune"]["labels"]
     assert labels[0] == "O" and "B-NP" in labels and "I-NP" in labels
+
+
+def test_early_stopping_after_evaluations_without_improvement(tmp_path, tiny_model, sentiment_files):
+    # A vanishing learning rate leaves the metric where it is: the second evaluation is stale.
+    run(tmp_path, task="sst-2", data_dir=str(sentiment_files), model=tiny_model, max_steps=10, eval_steps=1,
+        learning_rate=1e-12, early_stopping_patience=1)
+    history = (tmp_path / "out" / "eval_history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in history] == [1, 2]
+
+
+def test_same_seed_same_results(tmp_path, tiny_model, sentiment_files):
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir(), second.mkdir()
+    results_a = run(first, task="sst-2", data_dir=str(sentiment_files), model=tiny_model, max_steps=3, seed=7)
+    results_b = run(second, task="sst-2", data_dir=str(sentiment_files), model=tiny_model, max_steps=3, seed=7)
+    assert results_a == results_b
