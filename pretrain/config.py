@@ -103,19 +103,23 @@ class TrainConfig:
         overrides = parse_overrides(self.run.set_model)
         if self.run.attention_backend:
             overrides["attention_backend"] = self.run.attention_backend
-        # Overrides apply to the stored fields, before derived ones (embedding_size,
-        # attention_head_size) are filled in from hidden_size.
-        if self.run.model_config in PRESETS:
-            return DebertaConfig.from_preset(self.run.model_config, **overrides)
-        try:
-            values = json.loads(Path(self.run.model_config).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"--model_config {self.run.model_config}: neither a preset ({sorted(PRESETS)}) "
-                             f"nor a readable JSON file ({error})") from None
-        return DebertaConfig.from_dict({**values, **overrides})
+        return model_config(self.run.model_config, overrides)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def model_config(name_or_path: str, overrides: dict) -> DebertaConfig:
+    """A preset or JSON file of DebertaConfig fields, with ``overrides`` applied to the stored
+    fields before the derived ones (embedding_size, attention_head_size) follow hidden_size."""
+    if name_or_path in PRESETS:
+        return DebertaConfig.from_preset(name_or_path, **overrides)
+    try:
+        values = json.loads(Path(name_or_path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"--model_config {name_or_path}: neither a preset ({sorted(PRESETS)}) "
+                         f"nor a readable JSON file ({error})") from None
+    return DebertaConfig.from_dict({**values, **overrides})
 
 
 def parse_overrides(text: str) -> dict:

@@ -1,0 +1,131 @@
+"""Training-step throughput: our MLM pretraining step against transformers' DeBERTa-v2 MLM.
+
+    python bench/pretrain_step.py                                   # CPU default: v3-base, seq 128, batch 4
+    python bench/pretrain_step.py --seq_len 512 --batch_size 32 --precision bf16    # v3-base on a GPU
+
+Both models have the same shape and run the same step in one process: forward with
+15 % of positions as targets, backward, AdamW. Ours computes the 128K-way output only at
+the targets and includes the enhanced mask decoder (2 extra passes through the last
+layer, as pretraining runs it); transformers computes the output at every position and
+has no decoder. Printed: tokens/s, model TFLOP/s (each model's own FLOPs,
+pretrain/metrics.py), peak memory on GPU, and the ratio ours / transformers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+# Run as a script, sys.path[0] is bench/, whose scripts (bench/data_prep.py, ...) would
+# shadow the packages of the same names; the repository root goes there instead.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
+import torch  # noqa: E402
+
+from deberta import DebertaConfig, DebertaForMaskedLM  # noqa: E402
+from deberta.checkpoint import hf_config  # noqa: E402
+from pretrain.config import model_config, parse_overrides  # noqa: E402
+from pretrain.metrics import forward_flops_per_token  # noqa: E402
+
+
+def make_batch(batch: int, seq_len: int, vocab: int, device, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab, (batch, seq_len), generator=g)
+    labels = torch.full_like(ids, -100)
+    targets = torch.rand(batch, seq_len, generator=g) < 0.15
+    labels[targets] = ids[targets]
+    return ids.to(device), torch.ones_like(ids).to(device), labels.to(device)
+
+
+def time_steps(model, step_fn, steps: int, warmup: int, device) -> tuple[float, float]:
+    """(seconds per step, peak GiB) over ``steps`` timed steps after ``warmup`` untimed ones."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
+
+    def one():
+        loss = step_fn()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        one()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(steps):
+        one()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else float("nan")
+    return (time.perf_counter() - start) / steps, peak
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model_config", default="deberta-v3-base")
+    parser.add_argument("--set_model", default="", help='DebertaConfig overrides, e.g. "num_hidden_layers=2"')
+    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--seq_len", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="bf16: autocast (GPU or CPU), fp32 master weights")
+    parser.add_argument("--attention_backend", default="sdpa", help="ours: eager or sdpa")
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args(argv)
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    overrides = {**parse_overrides(args.set_model), "attention_backend": args.attention_backend,
+                 "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    config = model_config(args.model_config, overrides)
+    ids, mask, labels = make_batch(args.batch_size, args.seq_len, config.vocab_size, device)
+    tokens = args.batch_size * args.seq_len
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+
+    import transformers
+    torch.manual_seed(0)
+    ours = DebertaForMaskedLM(config).to(device).train()
+    hf_values = hf_config(config, "masked_lm")
+    theirs = transformers.DebertaV2ForMaskedLM(transformers.DebertaV2Config(**hf_values)).to(device).train()
+
+    def our_step():
+        with autocast:
+            return ours(ids, mask, labels=labels).loss
+
+    def their_step():
+        with autocast:
+            return theirs(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+    results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+               "model": args.model_config, "batch_size": args.batch_size, "seq_len": args.seq_len,
+               "precision": args.precision, "attention_backend": args.attention_backend}
+    flops = {"ours": 3 * forward_flops_per_token(config, args.seq_len, 0.15, mlm_head=True),
+             "transformers": 3 * forward_flops_per_token(DebertaConfig.from_dict({**config.to_dict(), "emd_layers": 0}),
+                                                         args.seq_len, 1.0, mlm_head=True)}
+    for name, model, step in (("ours", ours, our_step), ("transformers", theirs, their_step)):
+        seconds, peak = time_steps(model, step, args.steps, args.warmup, device)
+        results[name] = {"tokens_per_s": tokens / seconds, "model_tflops": tokens / seconds * flops[name] / 1e12,
+                         "seconds_per_step": seconds, "peak_gib": peak}
+        model.cpu()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    results["ratio"] = results["ours"]["tokens_per_s"] / results["transformers"]["tokens_per_s"]
+    for name in ("ours", "transformers"):
+        r = results[name]
+        print(f"{name:>12}: {r['tokens_per_s']:,.0f} tokens/s | {r['model_tflops']:.3f} model TFLOP/s | "
+              f"{r['seconds_per_step']:.3f} s/step | peak {r['peak_gib']:.1f} GiB")
+    print(f"ratio ours / transformers: {results['ratio']:.2f}x  ({results['device']}, {args.model_config}, "
+          f"batch {args.batch_size} x seq {args.seq_len}, {args.precision})")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1)
+    return results
+
+
+if __name__ == "__main__":
+    main()
