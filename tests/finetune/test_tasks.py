@@ -187,3 +187,15 @@ def test_same_seed_same_results(tmp_path, tiny_model, sentiment_files):
     results_a = run(first, task="sst-2", data_dir=str(sentiment_files), model=tiny_model, max_steps=3, seed=7)
     results_b = run(second, task="sst-2", data_dir=str(sentiment_files), model=tiny_model, max_steps=3, seed=7)
     assert results_a == results_b
+
+
+def test_cola_headerless_files_and_mcc(tmp_path, tiny_model):
+    """CoLA's train/dev files have no header (source, label, original label, sentence)."""
+    rows = ["gj04\t1\t\tthe cat sat on the mat .", "gj04\t0\t*\tcat the mat on sat the .",
+            "gj04\t1\t\tshe reads books .", "gj04\t0\t*\tbooks she reads reads ."]
+    (tmp_path / "train.tsv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "dev.tsv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "test.tsv").write_text("index\tsentence\n0\tthe dog ran .\n1\tran dog the .\n")
+    best = run(tmp_path, task="cola", data_dir=str(tmp_path), model=tiny_model, max_steps=2)
+    assert {"mcc", "accuracy"} <= set(best) and -1.0 <= best["mcc"] <= 1.0
+    assert (tmp_path / "out" / "CoLA.tsv").read_text().splitlines()[0] == "index\tprediction"
