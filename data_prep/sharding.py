@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import sys
+import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -223,10 +224,8 @@ def run_shard(config: ShardConfig) -> int:
         if comm.rank == 0:
             print(f"data_prep shard: error: {error}", file=sys.stderr, flush=True)
         return 1
-    except BaseException:
-        if comm.size > 1:
-            import traceback
-
+    except Exception:
+        if comm.size > 1:       # the other ranks would wait for this one forever
             traceback.print_exc()
             comm.abort(1)
         raise
@@ -236,15 +235,13 @@ def _run_stages(job: _Job) -> int:
     config, plan_ = job.config, job.plan
     pieces = [Piece(**p) for p in plan_["pieces"]]
     markers = _encode(job, pieces)
-    if markers is None:
-        return 1
     dedup_dir, dropped = _deduplicate(job, markers) if config.dedup else (None, {})
     shards = _write_shards(job, markers, dedup_dir, dropped)
     job.on_rank_zero(lambda: _write_manifest(job, markers, dropped, shards))
     return 0
 
 
-def _encode(job: _Job, pieces: list[Piece]) -> dict | None:
+def _encode(job: _Job, pieces: list[Piece]) -> dict:
     config = job.config
     pending = job.on_rank_zero(
         lambda: [p.index for p in pieces if not piece_path(job.work, p.key, "json").is_file()])
@@ -280,11 +277,7 @@ def _encode(job: _Job, pieces: list[Piece]) -> dict | None:
         return {"markers": markers, "failed": failed,
                 "missing": [{"path": p.path, "start": p.start, "end": p.end} for p in missing]}
 
-    try:
-        return job.on_rank_zero(collect)
-    except PrepError as error:
-        job.say(f"data_prep shard: error: {error}")
-        return None
+    return job.on_rank_zero(collect)
 
 
 def _ordered(markers: dict) -> list[dict]:
