@@ -3,7 +3,8 @@
     python bench/pretrain_step.py                                   # CPU default: v3-base, seq 128, batch 4
     python bench/pretrain_step.py --seq_len 512 --batch_size 32 --precision bf16    # v3-base on a GPU
 
-Both models have the same shape and run the same step in one process: forward with
+Both models have the same shape and run the same step in one process, alternately (the
+median step of each is reported): forward with
 15 % of positions as targets, backward, AdamW. Ours computes the 128K-way output only at
 the targets and includes the enhanced mask decoder (2 extra passes through the last
 layer, as pretraining runs it); transformers computes the output at every position and
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -41,28 +43,28 @@ def make_batch(batch: int, seq_len: int, vocab: int, device, seed: int = 0):
     return ids.to(device), torch.ones_like(ids).to(device), labels.to(device)
 
 
-def time_steps(model, step_fn, steps: int, warmup: int, device) -> tuple[float, float]:
-    """(seconds per step, peak GiB) over ``steps`` timed steps after ``warmup`` untimed ones."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
+class Stepper:
+    """One model's training step (forward, backward, AdamW), timed step by step."""
 
-    def one():
-        loss = step_fn()
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def __init__(self, model, loss_fn, device):
+        self.model, self.loss_fn, self.device = model, loss_fn, device
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
+        self.seconds: list[float] = []
+        self.peak_gib = float("nan")
 
-    for _ in range(warmup):
-        one()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(steps):
-        one()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else float("nan")
-    return (time.perf_counter() - start) / steps, peak
+    def step(self, timed: bool) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        self.loss_fn().backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak_gib = torch.cuda.max_memory_allocated() / 2 ** 30
+        if timed:
+            self.seconds.append(time.perf_counter() - start)
 
 
 def main(argv=None) -> dict:
@@ -107,13 +109,16 @@ def main(argv=None) -> dict:
     flops = {"ours": 3 * forward_flops_per_token(config, args.seq_len, 0.15, mlm_head=True),
              "transformers": 3 * forward_flops_per_token(DebertaConfig.from_dict({**config.to_dict(), "emd_layers": 0}),
                                                          args.seq_len, 1.0, mlm_head=True)}
-    for name, model, step in (("ours", ours, our_step), ("transformers", theirs, their_step)):
-        seconds, peak = time_steps(model, step, args.steps, args.warmup, device)
+    # Steps alternate between the two systems, so that a change in the machine's load
+    # (other processes, clocks) affects both alike; each reports its median step.
+    steppers = {"ours": Stepper(ours, our_step, device), "transformers": Stepper(theirs, their_step, device)}
+    for i in range(args.warmup + args.steps):
+        for stepper in steppers.values():
+            stepper.step(timed=i >= args.warmup)
+    for name, stepper in steppers.items():
+        seconds = statistics.median(stepper.seconds)
         results[name] = {"tokens_per_s": tokens / seconds, "model_tflops": tokens / seconds * flops[name] / 1e12,
-                         "seconds_per_step": seconds, "peak_gib": peak}
-        model.cpu()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+                         "seconds_per_step": seconds, "peak_gib": stepper.peak_gib}
     results["ratio"] = results["ours"]["tokens_per_s"] / results["transformers"]["tokens_per_s"]
     for name in ("ours", "transformers"):
         r = results[name]

@@ -98,20 +98,22 @@ class Outputs:
 
 
 class Throughput:
-    """Tokens/s and model TFLOP/s over the steps since the last report."""
+    """Tokens/s, model TFLOP/s and the share of time spent waiting for data, over the
+    steps since the last report."""
 
     def __init__(self, flops_per_token: float):
         self.flops_per_token = flops_per_token
-        self.start, self.tokens = time.perf_counter(), 0
+        self.start, self.tokens, self.data_wait = time.perf_counter(), 0, 0.0
 
-    def add(self, tokens: int) -> None:
+    def add(self, tokens: int, data_wait: float) -> None:
         self.tokens += tokens
+        self.data_wait += data_wait
 
-    def report(self) -> tuple[float, float]:
+    def report(self) -> tuple[float, float, float]:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
-        tokens_per_s = self.tokens / elapsed
-        self.start, self.tokens = time.perf_counter(), 0
-        return tokens_per_s, tokens_per_s * self.flops_per_token / 1e12
+        tokens_per_s, wait = self.tokens / elapsed, self.data_wait / elapsed
+        self.start, self.tokens, self.data_wait = time.perf_counter(), 0, 0.0
+        return tokens_per_s, tokens_per_s * self.flops_per_token / 1e12, wait
 
 
 def eta(seconds: Optional[float]) -> str:

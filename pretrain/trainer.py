@@ -40,7 +40,7 @@ from .objectives import RTDObjective, build_objective, discriminator_config, gen
 INJECT_NONFINITE_ENV = "PRETRAIN_INJECT_NONFINITE_AT_STEP"
 # Fields of the per-step reduction, summed over micro-batches and ranks.
 STEP_FIELDS = ("loss", "mlm_loss", "rtd_loss", "mlm_correct", "mlm_count", "rtd_correct", "rtd_count",
-               "replaced", "tokens", "micro_batches", "nonfinite", "sigterm")
+               "replaced", "tokens", "micro_batches", "nonfinite", "sigterm", "data_wait")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -177,7 +177,7 @@ class Trainer:
         try:
             while self.step < run.max_steps:
                 totals = self.train_step(batches)
-                throughput.add(int(totals["tokens"]))
+                throughput.add(int(totals["tokens"]), totals["data_wait"] / self.world)
                 if totals["sigterm"]:
                     self.out.print(f"SIGTERM: saving at step {self.step} and exiting")
                     self.save()
@@ -212,7 +212,9 @@ class Trainer:
         engine, local = self.engine, dict.fromkeys(STEP_FIELDS, 0.0)
         skipped_before = engine.skipped_steps
         for micro_step in range(self.accumulation):
+            waited = time.perf_counter()
             batch = {k: v.to(self.device, non_blocking=True) for k, v in next(batches).items()}
+            local["data_wait"] += time.perf_counter() - waited
             loss, parts = engine(**batch)
             if self.inject_step == self.step + 1 and micro_step == 0 and self.rank == 0:
                 loss = loss * float("nan")
@@ -268,14 +270,14 @@ class Trainer:
 
     def log_progress(self, totals: dict, throughput: Throughput, remaining_s: float) -> None:
         record = self.last_step_record
-        tokens_per_s, tflops = throughput.report()
+        tokens_per_s, tflops, data_wait = throughput.report()
         grad_norm = self.engine.get_global_grad_norm()
         grad_norm = float(grad_norm) if grad_norm is not None else None
         scale = self._loss_scale()
         self.out.scalars("train", {
             **{k: v for k, v in record.items() if k not in ("step", "skipped")},
             "grad_norm": grad_norm, "loss_scale": scale, "skipped_steps": self.skipped,
-            "tokens_per_s": tokens_per_s, "model_tflops": tflops}, self.step)
+            "tokens_per_s": tokens_per_s, "model_tflops": tflops, "data_wait_fraction": data_wait}, self.step)
         parts = f"mlm {record['mlm_loss']:.3f} acc {record['mlm_acc']:.3f}"
         if "rtd_loss" in record:
             parts += f" | rtd {record['rtd_loss']:.4f} acc {record['rtd_acc']:.3f}"
@@ -283,7 +285,7 @@ class Trainer:
             f"step {self.step}/{self.config.run.max_steps} | loss {record['loss']:.4f} | {parts} | lr "
             f"{record['lr']:.3g} | grad norm {grad_norm if grad_norm is None else f'{grad_norm:.3f}'}"
             f"{'' if scale is None else f' | scale {scale:g}'} | skipped {self.skipped} | "
-            f"{tokens_per_s:,.0f} tok/s | {tflops:.3f} TFLOP/s | samples {self.consumed:,} | "
+            f"{tokens_per_s:,.0f} tok/s | {tflops:.3f} TFLOP/s | data wait {data_wait:.0%} | samples {self.consumed:,} | "
             f"ETA {eta(remaining_s)}")
 
     # --- evaluation ---------------------------------------------------------------
