@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .encoding import DIGEST_BYTES, SPLITS, piece_path
+from .encoding import SPLITS, piece_path
 from .shard_format import commit, temporary_name, write_atomically
 
 # Digests held at once by one partition task: 16 bytes + an 8-byte ordinal each, and a

@@ -28,7 +28,7 @@ import numpy as np
 from deberta.tokenizer import Tokenizer, load_tokenizer
 
 from . import dedup
-from .encoding import SPLITS, EncodeJob, encode_piece, piece_path
+from .encoding import DIGEST_BYTES, SPLITS, EncodeJob, encode_piece, piece_path
 from .inputs import Piece, ProblemLog, find_inputs, plan_pieces
 from .parallel import Progress, Workers, connect, share_of_rank
 from .shard_format import (INDEX_VERSION, Packing, commit, sha256_file, smallest_uint_dtype,
@@ -308,7 +308,7 @@ def _deduplicate(job: _Job, state: dict) -> tuple[str, dict]:
 
     jobs = job.on_rank_zero(partition_jobs)
     job.run_share("dedup", dedup.find_duplicates, jobs,
-                  [dedup.DIGEST_BYTES * sum(s.documents for s in j.pieces) / j.num_partitions for j in jobs])
+                  [DIGEST_BYTES * sum(s.documents for s in j.pieces) / j.num_partitions for j in jobs])
 
     def apply_jobs() -> list:
         return [(dedup.ApplyJob(str(job.work), str(dedup_dir), m["key"], partitions, first),
@@ -318,7 +318,7 @@ def _deduplicate(job: _Job, state: dict) -> tuple[str, dict]:
 
     jobs_and_documents = job.on_rank_zero(apply_jobs)
     job.run_share("dedup-apply", dedup.apply_duplicates, [j for j, _ in jobs_and_documents],
-                  [dedup.DIGEST_BYTES * documents for _, documents in jobs_and_documents])
+                  [DIGEST_BYTES * documents for _, documents in jobs_and_documents])
     return str(dedup_dir), job.on_rank_zero(
         lambda: {key: json.loads(dedup.dedup_marker_path(dedup_dir, key).read_text()) for key in keys})
 

@@ -3,7 +3,7 @@
 The stream of a split is the concatenation, in piece order, of each piece's documents of
 that split less its dropped duplicates. A shard holds a fixed number of consecutive
 sequences of the stream, so its bytes depend only on the corpus and the settings; any
-rank can write any shard, reading the pieces it overlaps through memory maps.
+rank can write any shard, reading the parts of the pieces it overlaps.
 """
 from __future__ import annotations
 
@@ -46,19 +46,16 @@ class ShardJob:
     dedup_dir: str | None        # where the dropped duplicates are listed, with --dedup
 
 
-def map_tokens(path: Path, dtype: np.dtype) -> np.ndarray:
-    if path.stat().st_size == 0:       # an empty file cannot be memory-mapped
-        return np.empty(0, dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode="r")
-
-
 class KeptTokens:
     """One piece's tokens of one split without its dropped duplicates, addressed by
     position in that kept sequence. Kept documents that are adjacent in the file form a
-    run, so reading costs one slice per run (one run when nothing was dropped)."""
+    run, so reading costs one read per run (one run when nothing was dropped).
+
+    Reads, not a memory map: mapped pages would count in the writer's resident memory
+    until the whole shard is written."""
 
     def __init__(self, work_dir: str, piece: str, split: str, dtype: np.dtype, dedup_dir: str | None):
-        self.tokens = map_tokens(piece_path(work_dir, piece, f"{split}.tok"), dtype)
+        self.path, self.dtype = piece_path(work_dir, piece, f"{split}.tok"), dtype
         lengths = np.fromfile(piece_path(work_dir, piece, f"{split}.len"), dtype="<u4").astype(np.int64)
         file_starts = np.cumsum(lengths) - lengths
         keep = np.ones(len(lengths), dtype=bool)
@@ -79,8 +76,9 @@ class KeptTokens:
         for run in range(first, last):
             run_end = self.run_starts[run + 1] if run + 1 < len(self.run_starts) else self.total
             lo, hi = max(begin, self.run_starts[run]), min(end, run_end)
-            offset = self.run_file_starts[run] - self.run_starts[run]
-            parts.append(self.tokens[lo + offset: hi + offset])
+            file_start = int(lo + self.run_file_starts[run] - self.run_starts[run])
+            parts.append(np.fromfile(self.path, dtype=self.dtype, count=int(hi - lo),
+                                     offset=file_start * self.dtype.itemsize))
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
