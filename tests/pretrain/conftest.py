@@ -41,11 +41,11 @@ def train_args(data_dir: Path, output_dir: Path, **flags) -> list[str]:
     return [item for name, value in values.items() for item in (f"--{name}", str(value))]
 
 
-def deepspeed_command(args: list[str]) -> list[str]:
+def deepspeed_command(args: list[str], ranks: int = 2) -> list[str]:
     """The `deepspeed` launcher (its console script, or the same runner as a module)."""
     launcher = [shutil.which("deepspeed")] if shutil.which("deepspeed") else \
         [sys.executable, "-m", "deepspeed.launcher.runner"]
-    return [*launcher, "--num_gpus", "2", "--master_port", str(free_port()), "pretrain/main.py", *args]
+    return [*launcher, "--num_gpus", str(ranks), "--master_port", str(free_port()), "pretrain/main.py", *args]
 
 
 def run_deepspeed(args: list[str], timeout: float = 240, **env) -> subprocess.CompletedProcess:

@@ -6,6 +6,7 @@ several tests inspect are module fixtures so they happen once.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import time
@@ -37,7 +38,8 @@ def mlm_zero2(corpus_shards, tmp_path_factory):
 def rtd_zero3(corpus_shards, tmp_path_factory):
     out = tmp_path_factory.mktemp("rtd_zero3")
     result = run_deepspeed(train_args(corpus_shards, out, ds_config="ds_configs/zero3.json", objective="rtd",
-                                      max_steps=30, eval_interval=30, save_interval=30))
+                                      max_steps=30, eval_interval=30, save_interval=30,
+                                      activation_checkpointing="true"))
     assert result.returncode == 0, explain(result)
     return out
 
@@ -113,6 +115,15 @@ def test_convert_zero3_rtd(rtd_zero3, tmp_path):
     delta = discriminator.deberta.embeddings.word_embeddings.weight - generator.deberta.embeddings.word_embeddings.weight
     assert delta.abs().max() > 0
     assert not any("delta" in k for k in discriminator.state_dict())
+
+
+def test_resume_on_another_world_size_is_refused(mlm_zero2, corpus_shards, tmp_path):
+    shutil.copytree(mlm_zero2 / "checkpoints", tmp_path / "checkpoints")
+    result = subprocess.run(deepspeed_command(train_args(corpus_shards, tmp_path, max_steps=40), ranks=1), cwd=REPO,
+                            env=cpu_env(), capture_output=True, text=True, timeout=240)
+    assert result.returncode == 2, explain(result)
+    assert "was written by 2 ranks and this run has 1" in result.stderr
+    assert "deepspeed.checkpoint.ds_to_universal" in result.stderr and "--universal_checkpoint true" in result.stderr
 
 
 def test_zero1_bf16_with_accumulation_trains(corpus_shards, tmp_path):
