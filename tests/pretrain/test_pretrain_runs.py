@@ -9,6 +9,7 @@ import json
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import psutil
@@ -117,13 +118,29 @@ def test_convert_zero3_rtd(rtd_zero3, tmp_path):
     assert not any("delta" in k for k in discriminator.state_dict())
 
 
-def test_resume_on_another_world_size_is_refused(mlm_zero2, corpus_shards, tmp_path):
+def test_resume_on_another_world_size_refused_then_universal(mlm_zero2, corpus_shards, tmp_path):
+    """2 ranks -> 1 rank: refused as it is; resumed through a DeepSpeed universal checkpoint."""
     shutil.copytree(mlm_zero2 / "checkpoints", tmp_path / "checkpoints")
-    result = subprocess.run(deepspeed_command(train_args(corpus_shards, tmp_path, max_steps=40), ranks=1), cwd=REPO,
-                            env=cpu_env(), capture_output=True, text=True, timeout=240)
+    one_rank = train_args(corpus_shards, tmp_path, max_steps=32, global_batch_size=16)  # = 8 x 2 x 1 rank
+    result = subprocess.run(deepspeed_command(one_rank, ranks=1), cwd=REPO, env=cpu_env(), capture_output=True,
+                            text=True, timeout=240)
     assert result.returncode == 2, explain(result)
     assert "was written by 2 ranks and this run has 1" in result.stderr
     assert "deepspeed.checkpoint.ds_to_universal" in result.stderr and "--universal_checkpoint true" in result.stderr
+
+    step = tmp_path / "checkpoints" / "step_00000030"
+    subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(step),
+                    "--output_folder", f"{step}_universal", "--inject_missing_state"], cwd=tmp_path, env=cpu_env(),
+                   check=True, capture_output=True, timeout=120)
+    result = subprocess.run(deepspeed_command([*one_rank, "--universal_checkpoint", "true"], ranks=1), cwd=REPO,
+                            env=cpu_env(), capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, explain(result)
+    assert "resumed from" in result.stdout and "step 30, 480 samples consumed" in result.stdout
+    assert "micro 8 x accumulation 2 x 1 ranks" in result.stdout
+    losses = step_losses(tmp_path)
+    assert sorted(losses) == [31, 32]
+    # the trained weights came back: far below the first steps' loss of the 2-rank run
+    assert max(losses.values()) < step_losses(mlm_zero2)[1] - 0.2
 
 
 def test_zero1_bf16_with_accumulation_trains(corpus_shards, tmp_path):
