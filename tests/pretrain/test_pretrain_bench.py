@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, TINY_MODEL, cpu_env, explain
+from pretrain_helpers import REPO, TINY_MODEL, cpu_env, explain
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ import time
 import psutil
 import pytest
 import torch
-from conftest import (REPO, cpu_env, deepspeed_command, explain, read_jsonl, run_deepspeed, step_losses,
+from pretrain_helpers import (REPO, cpu_env, deepspeed_command, explain, read_jsonl, run_deepspeed, step_losses,
                       train_args)
 
 from deberta import load_model

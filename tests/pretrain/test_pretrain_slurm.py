@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY_MODEL, cpu_env, free_port, read_jsonl
+from pretrain_helpers import REPO, TINY_MODEL, cpu_env, free_port, read_jsonl
 
 pytestmark = pytest.mark.slow
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "sinfo", "runuser")

@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY_MODEL
+from pretrain_helpers import REPO, TINY_MODEL
 
 from deberta import DebertaConfig, load_tokenizer
 from pretrain.checkpoint import CHECKPOINT_FILE, LATEST, CheckpointManager
