@@ -159,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
             default = f.default if f.default is not dataclasses.MISSING else None
             kind = type(default) if default is not None else str
             group.add_argument(f"--{f.name}", dest=f"{section}.{f.name}", default=default,
-                               type=_parse_bool if kind is bool else kind, metavar=kind.__name__.upper())
+                               type=_parse_bool if kind is bool else kind, metavar=kind.__name__.upper(),
+                               help=f"default: {default!r}")
     return parser
 
 
