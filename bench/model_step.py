@@ -115,7 +115,7 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
-    parser.add_argument("--backend", default="sdpa", help="our attention backend (eager, sdpa, ...)")
+    parser.add_argument("--backend", default="eager", help="our attention backend (eager, sdpa, ...)")
     parser.add_argument("--workloads", default="backbone,mlm")
     parser.add_argument("--impl", choices=("ours", "hf"), help=argparse.SUPPRESS)
     parser.add_argument("--workload", help=argparse.SUPPRESS)

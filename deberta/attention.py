@@ -19,9 +19,9 @@ Inputs (all backends):
     pos_key, pos_query: [H, 2S, d] projections of the relative embeddings, or None when
         the c2p / p2c term is off
     rel_index: [L, L] long, r(i, j) in [0, 2S)
-    mask: [B, L] bool/int padding mask (1 = real token). As in the reference
-        implementations, a padded query row attends to nothing real; it gets a uniform
-        distribution over all keys (its output is never used).
+    mask: [B, L] bool/int padding mask (1 = real token), or None when every token is
+        real. As in the reference implementations, a padded query row attends to nothing
+        real; it gets a uniform distribution over all keys (its output is never used).
     scale: the common 1/sqrt(d * n_terms)
     dropout_p: attention-probability dropout (0 in eval)
 Returns [B, H, L, d].
@@ -36,22 +36,24 @@ import torch.nn.functional as F
 Backend = Callable[..., torch.Tensor]
 
 
-def relative_bias(scaled_query, key, pos_key, pos_query, rel_index, scale):
-    """c2p + p2c scores, [B, H, L, L]; the query comes already multiplied by ``scale``."""
+def relative_terms(scaled_query, key, pos_key, pos_query, rel_index, scale):
+    """The c2p and p2c scores, each [B, H, L, L] or None; the query comes already
+    multiplied by ``scale``."""
     batch, heads, length, _ = scaled_query.shape
     index = rel_index.expand(batch, heads, length, length)
-    bias = None
+    c2p = p2c = None
     if pos_key is not None:
         # [B,H,L,d] @ [H,d,2S] -> [B,H,L,2S], then pick column r(i, j) for each key j.
         c2p = torch.matmul(scaled_query, pos_key.transpose(-1, -2).to(scaled_query.dtype))
-        bias = torch.gather(c2p, -1, index)
+        c2p = torch.gather(c2p, -1, index)
     if pos_query is not None:
         # k_j . pos_query[r(i, j)]: row j of k @ pos_query^T, column r(i, j); r is
         # antisymmetric in (i, j) around S, so gathering row j at r(i, j) is a transpose.
+        # (A contiguous transposed index gathers and scatters much faster than a strided view.)
         p2c = torch.matmul(key, (pos_query * scale).transpose(-1, -2).to(key.dtype))
-        p2c = torch.gather(p2c, -1, index.transpose(-1, -2)).transpose(-1, -2)
-        bias = p2c if bias is None else bias + p2c
-    return bias
+        index_t = rel_index.transpose(-1, -2).contiguous().expand(batch, heads, length, length)
+        p2c = torch.gather(p2c, -1, index_t).transpose(-1, -2)
+    return c2p, p2c
 
 
 def _pair_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -65,10 +67,12 @@ def eager_attention(query, key, value, pos_key, pos_query, rel_index, mask, scal
     """The reference: plain PyTorch operations, easiest to read and to check."""
     query = query * scale
     scores = torch.matmul(query, key.transpose(-1, -2))
-    bias = relative_bias(query, key, pos_key, pos_query, rel_index, scale)
-    if bias is not None:
-        scores = scores + bias
-    scores = scores.masked_fill(~_pair_mask(mask), torch.finfo(scores.dtype).min)
+    # In place: no backward needs the raw scores, and each [B,H,L,L] copy costs memory.
+    for term in relative_terms(query, key, pos_key, pos_query, rel_index, scale):
+        if term is not None:
+            scores += term
+    if mask is not None:
+        scores.masked_fill_(~_pair_mask(mask), torch.finfo(scores.dtype).min)
     probs = torch.softmax(scores, dim=-1)
     if dropout_p > 0:
         probs = F.dropout(probs, p=dropout_p, training=True)
@@ -82,13 +86,15 @@ def sdpa_attention(query, key, value, pos_key, pos_query, rel_index, mask, scale
     The [B,H,L,L] probabilities and dropout mask are not kept for backward, which saves
     memory and time; the relative bias is still materialised once.
     """
-    bias = relative_bias(query * scale, key, pos_key, pos_query, rel_index, scale)
-    if bias is None:
-        bias = torch.zeros((), dtype=query.dtype, device=query.device).expand(
-            query.shape[0], query.shape[1], query.shape[2], key.shape[2])
-    # masked_fill, not addition: min + a negative bias would round to -inf in half
-    # precision, and a padded query row of all -inf would turn into NaN.
-    bias = bias.masked_fill(~_pair_mask(mask), torch.finfo(query.dtype).min)
+    c2p, p2c = relative_terms(query * scale, key, pos_key, pos_query, rel_index, scale)
+    bias = c2p if p2c is None else p2c if c2p is None else c2p.add_(p2c)
+    if mask is not None:
+        if bias is None:
+            bias = torch.zeros((), dtype=query.dtype, device=query.device).expand(
+                query.shape[0], query.shape[1], query.shape[2], key.shape[2])
+        # masked_fill, not addition: min + a negative bias would round to -inf in half
+        # precision, and a padded query row of all -inf would turn into NaN.
+        bias = bias.masked_fill(~_pair_mask(mask), torch.finfo(query.dtype).min)
     return F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout_p,
                                           scale=scale)
 

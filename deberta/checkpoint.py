@@ -133,7 +133,7 @@ def load_model(path: str | Path, head: str | None = None, **config_overrides) ->
     """
     config, stored_head, state = read_folder(path)
     if config_overrides:
-        config = DebertaConfig.from_dict({**config.to_dict(), **config_overrides})
+        config = config.replace(**config_overrides)
     head = head or stored_head
     model = build_model(config, head)
     if head != stored_head:

@@ -209,6 +209,16 @@ class DebertaConfig:
         except (TypeError, ValueError) as error:
             raise ValueError(f"{path}: {error}") from None
 
+    def replace(self, **changes) -> "DebertaConfig":
+        """A copy with ``changes``; sizes that were derived (embedding_size = hidden_size,
+        attention_head_size = hidden_size / heads) are derived again from the new shape."""
+        values = self.to_dict()
+        if self.embedding_size == self.hidden_size:
+            values["embedding_size"] = None
+        if self.attention_head_size * self.num_attention_heads == self.hidden_size:
+            values["attention_head_size"] = None
+        return DebertaConfig.from_dict({**values, **changes})
+
     def to_dict(self) -> dict:
         values = dataclasses.asdict(self)
         values["pos_att_type"] = list(self.pos_att_type)
@@ -407,10 +417,12 @@ class ConvLayer(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, layer_input, layer_output, mask):
-        keep = mask.unsqueeze(-1).to(layer_output.dtype)
-        out = self.conv(layer_input.transpose(1, 2)).transpose(1, 2) * keep
-        out = self.act(self.dropout(out))
-        return self.LayerNorm(layer_output + out) * keep
+        out = self.conv(layer_input.transpose(1, 2)).transpose(1, 2)
+        keep = None if mask is None else mask.unsqueeze(-1).to(layer_output.dtype)
+        if keep is not None:
+            out = out * keep
+        out = self.LayerNorm(layer_output + self.act(self.dropout(out)))
+        return out if keep is None else out * keep
 
 
 class DebertaEncoder(nn.Module):
@@ -520,11 +532,8 @@ class DebertaModel(DebertaPreTrained):
                 inputs_embeds=None) -> BackboneOutput:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:-1]
-        device = input_ids.device if input_ids is not None else inputs_embeds.device
-        if attention_mask is None:
-            attention_mask = torch.ones(shape, dtype=torch.long, device=device)
-        if attention_mask.dim() != 2:
+        # No mask means every token is real: the masking work is skipped, not done on ones.
+        if attention_mask is not None and attention_mask.dim() != 2:
             raise ValueError(f"attention_mask must be [batch, length], got shape {tuple(attention_mask.shape)}")
         embeddings, position_embeddings = self.embeddings(input_ids, token_type_ids, position_ids,
                                                           attention_mask, inputs_embeds)
@@ -606,9 +615,6 @@ class DebertaForMaskedLM(DebertaPreTrained):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 labels=None, inputs_embeds=None) -> HeadOutput:
         out = self.deberta(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
-        if attention_mask is None:
-            attention_mask = torch.ones(out.last_hidden_state.shape[:2], dtype=torch.long,
-                                        device=out.last_hidden_state.device)
         states = self.lm_predictions.decode(out, attention_mask, self.deberta.encoder)
         word_embeddings = self.deberta.embeddings.word_embeddings.weight
         if labels is None:

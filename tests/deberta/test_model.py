@@ -90,6 +90,15 @@ def test_config_json_round_trip(tmp_path):
         DebertaConfig.from_json(path)
 
 
+def test_replace_derives_sizes_again():
+    small = DebertaConfig.from_preset("deberta-v3-base").replace(hidden_size=64, num_attention_heads=4)
+    assert (small.embedding_size, small.attention_head_size, small.emd_layers) == (64, 16, 2)
+    narrow = DebertaConfig(**TINY, embedding_size=16).replace(num_hidden_layers=1)
+    assert narrow.embedding_size == 16  # given, not derived: kept
+    with pytest.raises(ValueError, match="hidden_sise"):
+        small.replace(hidden_sise=3)
+
+
 def test_log_buckets_are_exact_near_and_logarithmic_far():
     relative = torch.arange(-511, 512)
     buckets = log_bucket_position(relative, 256, 512)
@@ -149,6 +158,16 @@ def test_backends_agree_forward_and_backward():
     assert torch.allclose(logits_a, logits_b, atol=1e-5)
     for a, b in zip(grads_a, grads_b):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", sorted(ATTENTION_BACKENDS))
+def test_no_mask_is_the_same_as_a_mask_of_ones(backend):
+    torch.manual_seed(0)
+    model = build_model(DebertaConfig(**TINY, conv_kernel_size=3, emd_layers=2, attention_backend=backend),
+                        "masked_lm").eval()
+    ids = torch.randint(5, 120, (2, 24))
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, model(ids, torch.ones_like(ids)).logits, atol=1e-6)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
