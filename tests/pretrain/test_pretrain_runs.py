@@ -116,6 +116,17 @@ def test_convert_zero3_rtd(rtd_zero3, tmp_path):
     delta = discriminator.deberta.embeddings.word_embeddings.weight - generator.deberta.embeddings.word_embeddings.weight
     assert delta.abs().max() > 0
     assert not any("delta" in k for k in discriminator.state_dict())
+    # Our own pretrained discriminator finetunes end to end (SST-2 sentences of the shared data).
+    sst2 = REPO.parent / "shared" / "data" / "glue" / "SST-2"
+    finetuned = subprocess.run(
+        [sys.executable, "-m", "finetune", "--task", "sst-2", "--data_dir", str(sst2), "--model",
+         str(tmp_path / "native"), "--output_dir", str(tmp_path / "ft"), "--max_train_examples", "64",
+         "--max_eval_examples", "64", "--max_steps", "4", "--batch_size", "8", "--max_seq_length", "64",
+         "--no-progress_bar", "--no-tensorboard"],
+        cwd=REPO, env=cpu_env(), capture_output=True, text=True, timeout=300)
+    assert finetuned.returncode == 0, explain(finetuned)
+    results = json.loads((tmp_path / "ft" / "eval_results.json").read_text())
+    assert 0.0 <= results["accuracy"] <= 1.0 and results["step"] == 4
 
 
 def test_resume_on_another_world_size_refused_then_universal(mlm_zero2, corpus_shards, tmp_path):
