@@ -82,20 +82,21 @@ def worker(args) -> dict:
     labels = batch.masked_fill(torch.rand(batch.shape, device=device) > 0.15, -100)
     step = step_fn(model, args.workload, batch, labels)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
-    for _ in range(args.warmup):
-        with autocast:
-            step()
-        model.zero_grad(set_to_none=True)
+
+    def run(steps):
+        for _ in range(steps):
+            with autocast:
+                step()
+            model.zero_grad(set_to_none=True)
+
+    run(args.warmup)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     else:
         rss = RssPeak()
     start = time.perf_counter()
-    for _ in range(args.steps):
-        with autocast:
-            step()
-        model.zero_grad(set_to_none=True)
+    run(args.steps)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / args.steps
