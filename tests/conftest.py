@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from slurm_harness import slurm_cluster  # noqa: F401  (a fixture for the sbatch tests)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ASSETS = Path(__file__).resolve().parent / "assets"

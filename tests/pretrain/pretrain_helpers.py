@@ -5,21 +5,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from slurm_harness import free_port  # noqa: F401  (re-exported for the tests)
 
 REPO = Path(__file__).resolve().parents[2]
 # 2 layers, hidden 64, the 1001-id test SentencePiece vocabulary, 64-token sequences.
 TINY_MODEL = ("hidden_size=64,num_hidden_layers=2,num_attention_heads=2,intermediate_size=128,vocab_size=1001,"
               "max_position_embeddings=64,position_buckets=32")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_env(**extra) -> dict:
