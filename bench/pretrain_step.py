@@ -122,8 +122,9 @@ def main(argv=None) -> dict:
     results["ratio"] = results["ours"]["tokens_per_s"] / results["transformers"]["tokens_per_s"]
     for name in ("ours", "transformers"):
         r = results[name]
+        peak = f" | peak {r['peak_gib']:.1f} GiB" if r["peak_gib"] == r["peak_gib"] else ""  # NaN off GPU
         print(f"{name:>12}: {r['tokens_per_s']:,.0f} tokens/s | {r['model_tflops']:.3f} model TFLOP/s | "
-              f"{r['seconds_per_step']:.3f} s/step | peak {r['peak_gib']:.1f} GiB")
+              f"{r['seconds_per_step']:.3f} s/step{peak}")
     print(f"ratio ours / transformers: {results['ratio']:.2f}x  ({results['device']}, {args.model_config}, "
           f"batch {args.batch_size} x seq {args.seq_len}, {args.precision})")
     if args.json:
