@@ -18,7 +18,7 @@ _EXPORTS = {
               "DebertaForSequenceClassification", "DebertaForTokenClassification", "DebertaModel",
               "build_model"),
     "presets": ("PRESETS",),
-    "tokenizer": ("GPT2BPETokenizer", "SentencePieceTokenizer", "Tokenizer", "load_tokenizer"),
+    "tokenizer": ("GPT2BPETokenizer", "HFJSONTokenizer", "SentencePieceTokenizer", "Tokenizer", "load_tokenizer"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)

@@ -28,7 +28,7 @@ Returns [B, H, L, d].
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -113,5 +113,6 @@ def get_backend(name: str) -> Backend:
 
 
 def register_backend(name: str, backend: Backend) -> None:
-    """Add a backend (fused kernels live in later modules and register here)."""
+    """Make another kernel selectable by ``DebertaConfig(attention_backend=name)``; it takes
+    the arguments described at the top of this module."""
     ATTENTION_BACKENDS[name] = backend

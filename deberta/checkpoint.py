@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .model import HEADS, DebertaConfig, DebertaModel, DebertaPreTrained, build_model
+from .model import DebertaConfig, DebertaModel, DebertaPreTrained, build_model
 
 logger = logging.getLogger(__name__)
 
@@ -44,15 +44,6 @@ HF_HEAD_SUFFIXES = {
     "ForQuestionAnswering": "question_answering",
     "ForMultipleChoice": "multiple_choice",
 }
-# Fields of a Hugging Face config that describe the framework, not the architecture.
-HF_FRAMEWORK_FIELDS = {
-    "architectures", "transformers_version", "torch_dtype", "dtype", "id2label", "label2id",
-    "bos_token_id", "eos_token_id", "legacy", "tie_word_embeddings", "pooler_hidden_size",
-    "output_hidden_states", "output_attentions", "return_dict", "problem_type", "model_type",
-    "_name_or_path", "use_cache", "is_encoder_decoder", "z_steps",
-}
-
-
 class CheckpointError(ValueError):
     """A model folder that cannot be loaded as asked."""
 
@@ -149,7 +140,9 @@ def load_model(path: str | Path, head: str | None = None, **config_overrides) ->
     except RuntimeError as error:  # shape mismatches
         raise CheckpointError(f"{path}: {error}") from None
     missing = list(result.missing_keys)
-    if head != stored_head:
+    if isinstance(model, DebertaModel):  # its keys carry no prefix; all are backbone weights
+        missing = [BACKBONE_PREFIX + k for k in missing]
+    if head != stored_head and not isinstance(model, DebertaModel):
         fresh = [k for k in missing if not k.startswith(BACKBONE_PREFIX)]
         missing = [k for k in missing if k.startswith(BACKBONE_PREFIX)]
         logger.info("%s: new %s head, initialised: %s", path, head, fresh)

@@ -155,6 +155,9 @@ class DebertaConfig:
             fail("conv_kernel_size", "0 or an odd integer (the convolution keeps the length)")
         if self.conv_kernel_size > 0 and self.hidden_size % self.conv_groups:
             fail("conv_groups", f"a divisor of hidden_size={self.hidden_size}")
+        if self.emd_layers > 0 and self.position_biased_input:
+            fail("emd_layers", "0 when position_biased_input is set (the reference decodes with the last "
+                               "layer then, absolute positions being in the input already)")
         if self.emd_layers > 0 and self.embedding_size != self.hidden_size:
             fail("emd_layers", "0 when embedding_size differs from hidden_size "
                                "(the decoder adds absolute position embeddings to hidden states)")
@@ -663,7 +666,8 @@ class DebertaForReplacedTokenDetection(DebertaPreTrained):
             counted = labels != -100
             if attention_mask is not None:
                 counted &= attention_mask.bool()
-            loss = F.binary_cross_entropy_with_logits(logits[counted].float(), labels[counted].float())
+            loss = F.binary_cross_entropy_with_logits(logits[counted].float(), labels[counted].float()) \
+                if counted.any() else logits.sum() * 0.0
         return HeadOutput(logits, loss, out.last_hidden_state)
 
 

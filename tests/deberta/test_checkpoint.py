@@ -80,9 +80,10 @@ def test_missing_and_unexpected_weights_are_listed(tmp_path):
         load_model(tmp_path)
     assert "deberta.encoder.layer.1.attention.self.key_proj.weight" in str(error.value)
     assert "deberta.encoder.extra.weight" in str(error.value)
-    # A new head does not excuse a missing backbone weight.
-    with pytest.raises(CheckpointError, match="key_proj"):
-        load_model(tmp_path, head="token_classification")
+    # A new head, or none, does not excuse a missing backbone weight.
+    for head in ("token_classification", "backbone"):
+        with pytest.raises(CheckpointError, match="key_proj"):
+            load_model(tmp_path, head=head)
 
 
 def test_unreadable_folders_are_named(tmp_path):

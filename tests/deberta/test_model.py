@@ -64,6 +64,19 @@ def test_bad_config_names_field_and_allowed_values(field, value, allowed):
     assert allowed in str(error.value)
 
 
+def test_decoder_and_biased_input_exclude_each_other():
+    with pytest.raises(ValueError, match="emd_layers"):
+        DebertaConfig(**TINY, emd_layers=2, position_biased_input=True)
+
+
+def test_rtd_loss_with_nothing_to_count_is_zero_not_nan():
+    model = build_model(DebertaConfig(**TINY), "replaced_token_detection")
+    ids = torch.randint(5, 120, (1, 8))
+    loss = model(ids, labels=torch.full_like(ids, -100)).loss
+    assert loss.item() == 0.0
+    loss.backward()
+
+
 def test_v1_refuses_v2_features():
     with pytest.raises(ValueError, match="share_att_key"):
         DebertaConfig(model_type="deberta", share_att_key=True)
@@ -106,8 +119,10 @@ def test_log_buckets_are_exact_near_and_logarithmic_far():
     assert torch.equal(buckets[near], relative[near])
     assert buckets.max() <= 255 and buckets.min() >= -255
     assert torch.equal(buckets, -buckets.flip(0))  # antisymmetric: one index serves c2p and p2c
-    index = relative_position_index(512, DebertaConfig())
-    assert index.min() >= 0 and index.max() <= 511
+    index = relative_position_index(512, DebertaConfig())  # S = 256: r(i, j) = bucket(i - j) + 256
+    assert index[5, 5] == 256 and index[5, 3] == 258 and index[3, 5] == 254
+    assert index[511, 0] == 511 and index[0, 511] == 1  # distance 511 = max_position - 1: the last bucket
+    assert index[300, 0] == 256 + buckets[relative == 300].item() and 128 < index[300, 0] - 256 < 255
 
 
 def test_masked_lm_logits_only_at_targets_and_everywhere_without_labels():
