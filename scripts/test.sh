@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs what the tests need, then runs them.
-#   bash scripts/test.sh            # everything (about 15 minutes on 2 CPU cores)
+#   bash scripts/test.sh            # everything (about 5 minutes on 2 CPU cores)
 #   bash scripts/test.sh -m "not slow"   # extra arguments go to pytest
 set -euo pipefail
 cd "$(dirname "$0")/.."
