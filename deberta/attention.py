@@ -15,16 +15,19 @@ unscaled c2p product of two 64-dim vectors can exceed 65504 on long sequences, w
 how other DeBERTa code overflows (its v2 code divides c2p/p2c after the product).
 
 Inputs (all backends):
-    query, key, value: [B, H, L, d]
+    query: [B, H, Lq, d]; key, value: [B, H, L, d]. Lq = L in self-attention; the enhanced
+        mask decoder asks for a subset of query positions only (Lq < L).
     pos_key, pos_query: [H, 2S, d] projections of the relative embeddings, or None when
         the c2p / p2c term is off
-    rel_index: [L, L] long, r(i, j) in [0, 2S)
-    mask: [B, L] bool/int padding mask (1 = real token), or None when every token is
-        real. As in the reference implementations, a padded query row attends to nothing
-        real; it gets a uniform distribution over all keys (its output is never used).
+    rel_index: [Lq, L] or, per sequence, [B, Lq, L] long: r(i, j) in [0, 2S)
+    mask: [B, L] bool/int padding mask of the keys (1 = real token), or None when every
+        token is real
     scale: the common 1/sqrt(d * n_terms)
     dropout_p: attention-probability dropout (0 in eval)
-Returns [B, H, L, d].
+    query_mask: [B, Lq] padding mask of the queries, or None. As in the reference
+        implementations, a padded query row attends to nothing real; it gets a uniform
+        distribution over all keys (its output is never used).
+Returns [B, H, Lq, d].
 """
 from __future__ import annotations
 
@@ -37,10 +40,12 @@ Backend = Callable[..., torch.Tensor]
 
 
 def relative_terms(scaled_query, key, pos_key, pos_query, rel_index, scale):
-    """The c2p and p2c scores, each [B, H, L, L] or None; the query comes already
+    """The c2p and p2c scores, each [B, H, Lq, L] or None; the query comes already
     multiplied by ``scale``."""
-    batch, heads, length, _ = scaled_query.shape
-    index = rel_index.expand(batch, heads, length, length)
+    batch, heads, query_length, _ = scaled_query.shape
+    length = key.shape[-2]
+    rel_index = rel_index if rel_index.dim() == 2 else rel_index.unsqueeze(1)  # [B, 1, Lq, L]
+    index = rel_index.expand(batch, heads, query_length, length)
     c2p = p2c = None
     if pos_key is not None:
         # [B,H,L,d] @ [H,d,2S] -> [B,H,L,2S], then pick column r(i, j) for each key j.
@@ -51,19 +56,19 @@ def relative_terms(scaled_query, key, pos_key, pos_query, rel_index, scale):
         # antisymmetric in (i, j) around S, so gathering row j at r(i, j) is a transpose.
         # (A contiguous transposed index gathers and scatters much faster than a strided view.)
         p2c = torch.matmul(key, (pos_query * scale).transpose(-1, -2).to(key.dtype))
-        index_t = rel_index.transpose(-1, -2).contiguous().expand(batch, heads, length, length)
+        index_t = rel_index.transpose(-1, -2).contiguous().expand(batch, heads, length, query_length)
         p2c = torch.gather(p2c, -1, index_t).transpose(-1, -2)
     return c2p, p2c
 
 
-def _pair_mask(mask: torch.Tensor) -> torch.Tensor:
-    """[B, L] padding mask -> [B, 1, L, L] bool, true where both query and key are real."""
-    mask = mask.bool()
-    return mask[:, None, None, :] & mask[:, None, :, None]
+def _pair_mask(mask: torch.Tensor, query_mask) -> torch.Tensor:
+    """Padding masks -> [B, 1, Lq or 1, L] bool, true where the pair may attend."""
+    allowed = mask.bool()[:, None, None, :]
+    return allowed if query_mask is None else allowed & query_mask.bool()[:, None, :, None]
 
 
 def eager_attention(query, key, value, pos_key, pos_query, rel_index, mask, scale,
-                    dropout_p: float = 0.0):
+                    dropout_p: float = 0.0, query_mask=None):
     """The reference: plain PyTorch operations, easiest to read and to check."""
     query = query * scale
     scores = torch.matmul(query, key.transpose(-1, -2))
@@ -72,7 +77,7 @@ def eager_attention(query, key, value, pos_key, pos_query, rel_index, mask, scal
         if term is not None:
             scores += term
     if mask is not None:
-        scores.masked_fill_(~_pair_mask(mask), torch.finfo(scores.dtype).min)
+        scores.masked_fill_(~_pair_mask(mask, query_mask), torch.finfo(scores.dtype).min)
     probs = torch.softmax(scores, dim=-1)
     if dropout_p > 0:
         probs = F.dropout(probs, p=dropout_p, training=True)
@@ -80,7 +85,7 @@ def eager_attention(query, key, value, pos_key, pos_query, rel_index, mask, scal
 
 
 def sdpa_attention(query, key, value, pos_key, pos_query, rel_index, mask, scale,
-                   dropout_p: float = 0.0):
+                   dropout_p: float = 0.0, query_mask=None):
     """PyTorch's fused scaled_dot_product_attention with the relative terms as its bias.
 
     The [B,H,L,L] probabilities and dropout mask are not kept for backward, which saves
@@ -94,7 +99,7 @@ def sdpa_attention(query, key, value, pos_key, pos_query, rel_index, mask, scale
                 query.shape[0], query.shape[1], query.shape[2], key.shape[2])
         # masked_fill, not addition: min + a negative bias would round to -inf in half
         # precision, and a padded query row of all -inf would turn into NaN.
-        bias = bias.masked_fill(~_pair_mask(mask), torch.finfo(query.dtype).min)
+        bias = bias.masked_fill(~_pair_mask(mask, query_mask), torch.finfo(query.dtype).min)
     return F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout_p,
                                           scale=scale)
 

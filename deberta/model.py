@@ -338,9 +338,14 @@ class DisentangledSelfAttention(nn.Module):
         """[..., L, H*d] -> [..., H, L, d]"""
         return x.unflatten(-1, (self.num_heads, -1)).transpose(-2, -3)
 
-    def forward(self, hidden_states, mask, rel_embeddings, rel_index, query_states=None):
+    def forward(self, hidden_states, mask, rel_embeddings, rel_index, query_states=None, query_positions=None):
+        """``query_positions`` [B, M]: the queries are ``query_states`` [B, M, H] at those
+        positions only (the enhanced mask decoder at the masked tokens)."""
+        query_mask = mask
         if query_states is None:
             query_states = hidden_states
+        if query_positions is not None:
+            rel_index, query_mask = rel_index[query_positions], None  # [B, M, L]; targets are real tokens
         query = self.split_heads(self.query_proj(query_states))
         key = self.split_heads(self.key_proj(hidden_states))
         value = self.split_heads(self.value_proj(hidden_states))
@@ -356,7 +361,7 @@ class DisentangledSelfAttention(nn.Module):
             if "p2c" in self.pos_att_type:
                 pos_query = self.split_heads(query_proj(rel_embeddings))
         context = self.backend(query, key, value, pos_key, pos_query, rel_index, mask, self.scale,
-                               dropout_p=self.dropout_p if self.training else 0.0)
+                               dropout_p=self.dropout_p if self.training else 0.0, query_mask=query_mask)
         return context.transpose(-2, -3).flatten(-2)
 
 
@@ -379,8 +384,8 @@ class DebertaAttention(nn.Module):
         self.self = DisentangledSelfAttention(config)  # the reference weight name
         self.output = ResidualOutput(config, config.num_attention_heads * config.attention_head_size)
 
-    def forward(self, hidden_states, mask, rel_embeddings, rel_index, query_states=None):
-        context = self.self(hidden_states, mask, rel_embeddings, rel_index, query_states)
+    def forward(self, hidden_states, mask, rel_embeddings, rel_index, query_states=None, query_positions=None):
+        context = self.self(hidden_states, mask, rel_embeddings, rel_index, query_states, query_positions)
         return self.output(context, hidden_states if query_states is None else query_states)
 
 
@@ -401,8 +406,8 @@ class DebertaLayer(nn.Module):
         self.intermediate = DebertaIntermediate(config)
         self.output = ResidualOutput(config, config.intermediate_size)
 
-    def forward(self, hidden_states, mask, rel_embeddings, rel_index, query_states=None):
-        attended = self.attention(hidden_states, mask, rel_embeddings, rel_index, query_states)
+    def forward(self, hidden_states, mask, rel_embeddings, rel_index, query_states=None, query_positions=None):
+        attended = self.attention(hidden_states, mask, rel_embeddings, rel_index, query_states, query_positions)
         return self.output(self.intermediate(attended), attended)
 
 
@@ -590,16 +595,28 @@ class EnhancedMaskDecoder(nn.Module):
         self.config = config
         self.lm_head = MaskedLMHead(config)
 
-    def decode(self, out: BackboneOutput, mask, encoder: DebertaEncoder) -> torch.Tensor:
+    def decode(self, out: BackboneOutput, mask, encoder: DebertaEncoder, targets=None) -> torch.Tensor:
+        """The states the MLM output reads: [B, L, H], or with ``targets`` ([B, L] bool)
+        [N_targets, H] in row-major order. The decoder then runs only at the targets:
+        queries are independent rows, so 15 % of the rows give the same numbers at 15 %
+        of the cost of its passes."""
         if self.config.emd_layers == 0:
-            return out.last_hidden_state
+            return out.last_hidden_state if targets is None else out.last_hidden_state[targets]
         keys = out.hidden_states[-2]
         query = out.position_embeddings + keys
+        positions = None
+        if targets is not None:
+            counts = targets.sum(1)
+            # Each row's target positions in order, padded to the longest row's count.
+            positions = torch.argsort((~targets).to(torch.int8), dim=1, stable=True)[:, :int(counts.max())]
+            query = query.gather(1, positions.unsqueeze(-1).expand(-1, -1, query.shape[-1]))
         rel_embeddings = encoder.relative_embeddings()
         rel_index = encoder.relative_index(keys.shape[1], keys.device)
         for _ in range(self.config.emd_layers):
-            query = encoder.run_layer(encoder.layer[-1], keys, mask, rel_embeddings, rel_index, query)
-        return query
+            query = encoder.run_layer(encoder.layer[-1], keys, mask, rel_embeddings, rel_index, query, positions)
+        if targets is None:
+            return query
+        return query[torch.arange(query.shape[1], device=query.device) < counts.unsqueeze(1)]
 
 
 class DebertaForMaskedLM(DebertaPreTrained):
@@ -618,13 +635,14 @@ class DebertaForMaskedLM(DebertaPreTrained):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 labels=None, inputs_embeds=None) -> HeadOutput:
         out = self.deberta(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
-        states = self.lm_predictions.decode(out, attention_mask, self.deberta.encoder)
         word_embeddings = self.deberta.embeddings.word_embeddings.weight
         if labels is None:
+            states = self.lm_predictions.decode(out, attention_mask, self.deberta.encoder)
             return HeadOutput(self.lm_predictions.lm_head(states, word_embeddings),
                               hidden_states=out.last_hidden_state)
         targets = labels != -100
-        logits = self.lm_predictions.lm_head(states[targets], word_embeddings)
+        states = self.lm_predictions.decode(out, attention_mask, self.deberta.encoder, targets)
+        logits = self.lm_predictions.lm_head(states, word_embeddings)
         loss = F.cross_entropy(logits.float(), labels[targets]) if logits.shape[0] else logits.sum() * 0.0
         return HeadOutput(logits, loss, out.last_hidden_state)
 

@@ -140,6 +140,41 @@ def test_masked_lm_logits_only_at_targets_and_everywhere_without_labels():
     assert torch.allclose(targeted.loss, expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("backend", sorted(ATTENTION_BACKENDS))
+def test_decoder_at_the_targets_only_equals_decoding_everything(backend):
+    """Same loss and gradients as running the decoder over every position, with padding
+    and different target counts per row (and none at all)."""
+    config = DebertaConfig(**TINY, emd_layers=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                           attention_backend=backend)
+    torch.manual_seed(0)
+    model = build_model(config, "masked_lm").train()
+    ids = torch.randint(5, 120, (3, 20))
+    mask = torch.ones_like(ids)
+    mask[1, 14:] = 0
+    labels = torch.full_like(ids, -100)
+    labels[0, [2, 5, 6, 19]] = ids[0, [2, 5, 6, 19]]
+    labels[1, 13] = 9
+    results = []
+    for subset in (True, False):
+        model.zero_grad()
+        if subset:
+            out = model(ids, mask, labels=labels)
+            logits, loss = out.logits, out.loss
+        else:
+            backbone = model.deberta(ids, mask)
+            states = model.lm_predictions.decode(backbone, mask, model.deberta.encoder)[labels != -100]
+            logits = model.lm_predictions.lm_head(states, model.deberta.embeddings.word_embeddings.weight)
+            loss = torch.nn.functional.cross_entropy(logits, labels[labels != -100])
+        loss.backward()
+        results.append((logits.detach(), [p.grad.clone() for p in model.parameters()]))
+    (a_logits, a_grads), (b_logits, b_grads) = results
+    assert a_logits.shape == (5, 120) and torch.allclose(a_logits, b_logits, atol=1e-5)
+    for x, y in zip(a_grads, b_grads):
+        assert torch.allclose(x, y, atol=1e-6)
+    nothing = model(ids, mask, labels=torch.full_like(ids, -100))
+    assert nothing.logits.shape == (0, 120) and nothing.loss.item() == 0.0
+
+
 def test_enhanced_mask_decoder_uses_absolute_positions():
     torch.manual_seed(0)
     model = build_model(DebertaConfig(**TINY, emd_layers=2), "masked_lm").eval()
