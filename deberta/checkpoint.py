@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from .atomic import atomic_file, atomic_write
 from .model import DebertaConfig, DebertaModel, DebertaPreTrained, build_model
 
 logger = logging.getLogger(__name__)
@@ -59,18 +59,15 @@ def _canonical_state(model: DebertaPreTrained) -> dict[str, torch.Tensor]:
 
 
 def _write_json_atomic(path: Path, values: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(values, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(values, indent=2) + "\n")
 
 
 def save_model(model: DebertaPreTrained, folder: str | Path, tokenizer=None, extra: dict | None = None) -> Path:
     """Write a native model folder; each file goes to a temporary name and is renamed."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / (WEIGHTS_FILE + ".tmp")
-    save_file(_canonical_state(model), str(tmp), metadata={"format": NATIVE_FORMAT})
-    os.replace(tmp, folder / WEIGHTS_FILE)
+    with atomic_file(folder / WEIGHTS_FILE) as tmp:
+        save_file(_canonical_state(model), str(tmp), metadata={"format": NATIVE_FORMAT})
     if tokenizer is not None:
         tokenizer.save(folder)
     _write_json_atomic(folder / CONFIG_FILE, {
@@ -330,9 +327,8 @@ def export_hf(model: DebertaPreTrained, folder: str | Path, tokenizer=None) -> P
         state = {k[len(BACKBONE_PREFIX):]: v for k, v in state.items()}
     # Tied tensors must be separate storage for safetensors.
     state = {k: v.clone() if k.startswith("cls.predictions.decoder") else v for k, v in state.items()}
-    tmp = folder / (WEIGHTS_FILE + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, folder / WEIGHTS_FILE)
+    with atomic_file(folder / WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save(folder)
     _write_json_atomic(folder / CONFIG_FILE, values)
