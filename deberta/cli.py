@@ -19,16 +19,21 @@ One precedence everywhere, highest first:
     5. the dataclass defaults
 
 Booleans are written the same way in every command: ``--name``, ``--no_name`` (or
-``--no-name``), and ``--name true|false``.
+``--no-name``), and ``--name true|false``. A list field (``list[str]``) takes its flag once
+per item (``--input a --input b``) or a list at once (``--input '[a, b]'``); the items given
+on the command line replace the config file's list, as any flag does.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
 import sys
 import typing
 from dataclasses import field
 from typing import Any, Optional, Sequence
 
+import yaml
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
 
 TRUE_WORDS = ("true", "yes", "on", "1")
@@ -36,8 +41,13 @@ FALSE_WORDS = ("false", "no", "off", "0")
 
 
 def option(default: Any, help: str, aliases: Sequence[str] = ()) -> Any:
-    """A dataclass field with its help text (and older flag names that still work)."""
-    return field(default=default, metadata={"help": help, "aliases": tuple(aliases)})
+    """A dataclass field with its help text (and older flag names that still work).
+
+    A list, dict or set default is copied for each instance (dataclasses refuse a shared one)."""
+    metadata = {"help": help, "aliases": tuple(aliases)}
+    if isinstance(default, (list, dict, set)):
+        return field(default_factory=lambda: copy.copy(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def required(help: str, aliases: Sequence[str] = ()) -> Any:
@@ -64,6 +74,7 @@ class Command:
         self.booleans: set[str] = set()
         self.names: dict[str, str] = {}  # field -> section
         self.aliases: set[str] = set()
+        self.lists: dict[str, str] = {}  # flag name (field or alias) of a list field -> field
         for section, cls in self.sections.items():
             self._add_section(section, cls)
         if defaults:
@@ -80,6 +91,8 @@ class Command:
             aliases = f.metadata.get("aliases", ())
             self.aliases.update(aliases)
             flags = [f"--{f.name}"] + [f"--{alias}" for alias in aliases]
+            if typing.get_origin(hints[f.name]) is list:
+                self.lists.update({name: f.name for name in (f.name, *aliases)})
             if hints[f.name] is bool:
                 self.booleans.add(f.name)
                 self.booleans.update(aliases)
@@ -111,9 +124,11 @@ class Command:
 
     def normalize(self, argv: Sequence[str]) -> list[str]:
         """One boolean syntax (``--x true`` / ``--x false`` become ``--x`` / ``--no_x``), the
-        dashed spellings, and ``--config`` moved to the front so that flags win over the file."""
+        dashed spellings, the items of a repeated list flag gathered into one list, and
+        ``--config`` moved to the front so that flags win over the file."""
         configs: list[str] = []
         out: list[str] = []
+        lists: dict[str, list] = {}
         items = list(argv)
         i = 0
         while i < len(items):
@@ -121,8 +136,9 @@ class Command:
             if flag.startswith("--"):
                 flag, _, attached = flag.partition("=")
                 flag, value = self._canonical(flag), attached if _ else None
-            takes_word = flag[2:] in self.booleans
-            if value is None and flag == "--config" or (
+            takes_word = flag.startswith("--") and flag[2:] in self.booleans
+            takes_list = flag.startswith("--") and flag[2:] in self.lists and i + 1 < len(items)
+            if value is None and (flag == "--config" or takes_list) or (
                     takes_word and i + 1 < len(items) and items[i + 1].lower() in TRUE_WORDS + FALSE_WORDS):
                 value = items[i + 1] if value is None else value
                 i += 1
@@ -133,8 +149,12 @@ class Command:
                 if value is not None and value.lower() not in TRUE_WORDS + FALSE_WORDS:
                     self.parser.error(f"{flag} takes true or false, not {value!r}")
                 out.append(flag if value is None or value.lower() in TRUE_WORDS else "--no_" + flag[2:])
+            elif flag.startswith("--") and flag[2:] in self.lists and value is not None:
+                lists.setdefault(self.lists[flag[2:]], []).extend(_list_items(value))
             else:
                 out += [flag] if value is None else [flag, value]
+        for name, values in lists.items():
+            out += [f"--{name}", json.dumps(values)]
         return configs + out
 
     def parse_namespace(self, argv: Optional[Sequence[str]] = None):
@@ -154,3 +174,14 @@ class Command:
     def parse(self, argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         return self.build(self.parse_namespace(argv))
 
+
+def _list_items(value: str) -> list:
+    """``'[a, b]'`` (a YAML or JSON list) gives its items; anything else is one item."""
+    if value.lstrip().startswith("["):
+        try:
+            loaded = yaml.safe_load(value)
+        except yaml.YAMLError:
+            loaded = None
+        if isinstance(loaded, list):
+            return loaded
+    return [value]
