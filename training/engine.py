@@ -1,0 +1,41 @@
+"""The DeepSpeed engine for a module: every training run goes through it, one device included.
+
+    ds = resolve_ds_config(engine_config, optimizer_config, world)
+    engine = build_engine(module, ds, optimizer_config, total_steps)
+    loss = engine(**batch); engine.backward(loss); engine.step()   # updates at the accumulation boundary
+"""
+from __future__ import annotations
+
+import contextlib
+
+import deepspeed
+import torch
+
+from .config import OptimizerConfig
+from .distributed import on_gpu
+from .ds_config import offloads_optimizer
+from .optim import build_optimizer, build_schedule
+
+
+def build_engine(module: torch.nn.Module, ds: dict, optimizer: OptimizerConfig, total_steps: int):
+    torch_optimizer = build_optimizer(module, optimizer, offloads_optimizer(ds), on_gpu())
+    schedule = build_schedule(torch_optimizer, optimizer.warmup(total_steps), total_steps)
+    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=torch_optimizer, lr_scheduler=schedule, config=ds)
+    return engine
+
+
+def gathered_parameters(engine):
+    """ZeRO-3 keeps shards: gather the full weights (on every rank) to read or save them."""
+    if engine.zero_optimization_stage() != 3:
+        return contextlib.nullcontext()
+    return deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None)
+
+
+def loss_scale(engine):
+    """fp16's dynamic loss scale (None in fp32/bf16)."""
+    return float(engine.optimizer.cur_scale) if engine.fp16_enabled() else None
+
+
+def parameter_count(module: torch.nn.Module) -> int:
+    # ZeRO-3 leaves each rank a shard; ds_numel is the full size.
+    return sum(getattr(p, "ds_numel", p.numel()) for p in module.parameters())

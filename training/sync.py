@@ -1,0 +1,65 @@
+"""What the ranks must agree on, carried by one all-reduce and one host transfer.
+
+A step's metrics (loss sums, counts, histograms: anything that adds up over micro-batches
+and ranks) stay on the device while the micro-batches run; at the end of the step they
+are packed into one float64 vector together with two flags, a non-finite loss on some
+rank and a stop request (SIGTERM) on some rank, summed over the ranks in one collective
+and copied to the host once. Every rank then takes the same decision before the update:
+a non-finite loss stops them all, naming the step, and a stop request saves and exits.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Union
+
+import torch
+import torch.distributed as dist
+
+Number = Union[torch.Tensor, float, int]
+NONFINITE, STOP = "_nonfinite", "_stop"
+
+
+class NonFiniteLoss(RuntimeError):
+    """Raised on every rank together when a loss was not finite on any of them."""
+
+
+class StepTotals:
+    """Sums of named metric tensors over the micro-batches of one step, kept on the device."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.sums: dict[str, torch.Tensor] = {}
+
+    def add(self, values: Mapping[str, Number]) -> None:
+        for name, value in values.items():
+            value = torch.as_tensor(value).detach().to(self.device, torch.float64).reshape(-1)
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+
+    def add_loss(self, loss: torch.Tensor) -> None:
+        """Count a non-finite loss without waiting for the device."""
+        self.add({NONFINITE: (~torch.isfinite(loss.detach())).any()})
+
+    def reduce(self, stop_requested: bool = False) -> dict[str, torch.Tensor]:
+        """Sum over ranks (one collective, one copy to the host); scalars come back as 0-d tensors."""
+        self.add({STOP: float(stop_requested), NONFINITE: 0.0})
+        names = sorted(self.sums)
+        sizes = [self.sums[name].numel() for name in names]
+        packed = torch.cat([self.sums[name] for name in names])
+        if dist.is_initialized():
+            dist.all_reduce(packed)
+        host = packed.cpu()
+        self.sums = {}
+        return {name: part.reshape(()) if part.numel() == 1 else part
+                for name, part in zip(names, host.split(sizes))}
+
+
+def check_finite(totals: Mapping[str, torch.Tensor], step: int, precision: str, advice: str) -> None:
+    """fp32/bf16: a non-finite loss in any micro-batch on any rank stops every rank before the
+    update. fp16: the loss scaler skips the step instead (DeepSpeed counts it)."""
+    if float(totals[NONFINITE]) and precision != "fp16":
+        raise NonFiniteLoss(f"non-finite loss in step {step} ({precision}) on "
+                            f"{int(totals[NONFINITE])} micro-batch(es); stopped before the update on every "
+                            f"rank. {advice}")
+
+
+def stop_requested(totals: Mapping[str, torch.Tensor]) -> bool:
+    return bool(float(totals[STOP]))
