@@ -19,7 +19,9 @@ cd "$REPO"
 : "${SEQ_LEN:=128}"
 : "${MICRO_BATCH:=8}"
 
-"$PYTHON" -c "import deberta, data_prep, pretrain, deepspeed" 2>/dev/null || "$PYTHON" -m pip install -e "$REPO"
+# Installs the project when it is missing: torch first, the CPU build on a machine without
+# a GPU, then pip install -e . -c constraints.txt (scripts/install.sh).
+"$PYTHON" -c "import deberta, data_prep, pretrain, deepspeed" 2>/dev/null || PYTHON="$PYTHON" bash "$REPO/scripts/install.sh"
 
 if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
     RANKS=$(nvidia-smi -L | wc -l)

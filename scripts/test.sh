@@ -10,7 +10,8 @@ if ! command -v slurmctld >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null
 fi
 
-# torch is pinned in setup.py to the CPU build this machine carries; GPU machines keep theirs.
-python -m pip install -q -e '.[test]'
+# The project with its test extra at the versions of constraints.txt; torch first, the CPU
+# build where there is no GPU (an installed torch is kept): see scripts/install.sh.
+bash scripts/install.sh test
 hash -r
 python -m pytest tests -q -p no:cacheprovider "$@"
