@@ -30,8 +30,23 @@ and the start of the next, with no separator between them. ``ds[i]`` is cheap an
 call from DataLoader workers (the dataset pickles without its memory maps); convert with
 ``torch.from_numpy(ds[i].astype(np.int64))``.
 """
-from .dataset import ShardedDataset, load_manifest
-from .inputs import normalize_text
-from .sharding import ShardConfig, run_shard
+import importlib
 
-__all__ = ["ShardedDataset", "ShardConfig", "load_manifest", "normalize_text", "run_shard"]
+# Names are imported on first use, so that the reader (``from data_prep import
+# ShardedDataset`` in every training rank) does not import the writer, pyarrow or MPI.
+_MODULE_OF = {"ShardedDataset": "dataset", "load_manifest": "dataset", "normalize_text": "inputs",
+              "ShardConfig": "sharding", "run_shard": "sharding"}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_MODULE_OF))

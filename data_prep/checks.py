@@ -9,8 +9,7 @@ import numpy as np
 from deberta.tokenizer import load_tokenizer
 
 from .dataset import ShardedDataset, load_manifest
-from .sharding import TOKENIZER_FOLDER, describe_tokenizer
-from .shard_format import ShardIndex, sha256_file
+from .shard_format import TOKENIZER_FOLDER, ShardIndex, describe_tokenizer, sha256_file
 
 
 def verify(data_dir: str | Path, tokenizer: str | None = None, quick: bool = False) -> list[str]:

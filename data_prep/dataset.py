@@ -9,9 +9,8 @@ import numpy as np
 
 from deberta.tokenizer import Tokenizer, load_tokenizer
 
-from .shard_format import Packing, ShardIndex
-from .sharding import (FORMAT_NAME, FORMAT_VERSION, MANIFEST, TOKENIZER_FOLDER, WORK_FOLDER,
-                       describe_tokenizer)
+from .shard_format import (FORMAT_NAME, FORMAT_VERSION, MANIFEST, TOKENIZER_FOLDER, WORK_FOLDER, Packing,
+                           ShardIndex, describe_tokenizer)
 
 
 def load_manifest(data_dir: str | Path) -> dict:

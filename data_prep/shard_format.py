@@ -37,6 +37,17 @@ from typing import Iterable
 
 import numpy as np
 
+from deberta.atomic import atomic_file, fsync_dir, temporary_name
+
+# The output folder: manifest.json (written last), the tokenizer copy, the shards, and
+# .work/ while a job is unfinished. Here rather than in sharding.py so that the reader
+# (dataset.py) does not import the writer.
+FORMAT_NAME = "deberta-data-prep"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TOKENIZER_FOLDER = "tokenizer"
+WORK_FOLDER = ".work"
+
 INDEX_MAGIC = b"DBTAIDX\0"
 INDEX_VERSION = 1
 _INDEX_HEADER = struct.Struct("<8sII7Q")
@@ -63,14 +74,16 @@ def sha256_file(path: str | Path, block_bytes: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def temporary_name(path: Path) -> Path:
-    """Unique per process, so that two processes never write into one temporary file."""
-    return path.with_name(f"{path.name}.tmp.{os.getpid()}")
+def describe_tokenizer(path: str, tokenizer) -> dict:
+    """The manifest's record of a tokenizer (a ``deberta.tokenizer.Tokenizer``): its files'
+    hashes, by which a reader checks that ids and tokenizer belong together."""
+    files = {name: sha256_file(source) for name, source in tokenizer.files().items()}
+    return {"kind": tokenizer.name, "path": os.path.abspath(path), "sha256": next(iter(files.values())),
+            "files": files, "copy": TOKENIZER_FOLDER}
 
 
-def commit(temporary: Path, final: Path) -> None:
-    """Atomically move a fully written file into place (rename within one folder)."""
-    os.replace(temporary, final)
+def _counted_commit() -> None:
+    """The test hook: SIGKILL this process once it has committed $DATA_PREP_KILL_AFTER_COMMITS files."""
     global _commits_in_this_process
     _commits_in_this_process += 1
     kill_after = os.environ.get(KILL_AFTER_COMMITS_ENV)
@@ -78,11 +91,21 @@ def commit(temporary: Path, final: Path) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def commit(temporary: Path, final: Path) -> None:
+    """Move a fully written ``temporary_name(final)`` into place: synced, renamed within its
+    folder (atomic), the rename synced; for writers that fill several files before committing
+    them. A single file is simpler with ``write_atomically`` or ``deberta.atomic.atomic_file``."""
+    with open(temporary, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(temporary, final)
+    fsync_dir(final.parent)
+    _counted_commit()
+
+
 def write_atomically(path: Path, data: bytes) -> None:
-    temporary = temporary_name(path)
-    with open(temporary, "wb") as f:
-        f.write(data)
-    commit(temporary, path)
+    with atomic_file(path) as temporary:
+        temporary.write_bytes(data)
+    _counted_commit()
 
 
 @dataclass(frozen=True)
@@ -178,14 +201,13 @@ def write_shard(bin_path: Path, idx_path: Path, packed_chunks: Iterable[np.ndarr
     Both go to temporary names first, so a killed writer leaves no file that looks finished.
     """
     digest, size = hashlib.sha256(), 0
-    temporary = temporary_name(bin_path)
-    with open(temporary, "wb") as f:
+    with atomic_file(bin_path) as temporary, open(temporary, "wb") as f:
         for chunk in packed_chunks:
             data = chunk.tobytes()
             digest.update(data)
             f.write(data)
             size += len(data)
-    commit(temporary, bin_path)
+    _counted_commit()
     index = replace(index_without_size, bin_bytes=size)
     index_bytes = index.to_bytes()
     write_atomically(idx_path, index_bytes)

@@ -25,21 +25,18 @@ from pathlib import Path
 
 import numpy as np
 
+from deberta.cli import option, required
 from deberta.tokenizer import Tokenizer, load_tokenizer
 
 from . import dedup
 from .encoding import DIGEST_BYTES, SPLITS, EncodeJob, encode_piece, piece_path
 from .inputs import Piece, ProblemLog, find_inputs, plan_pieces
 from .parallel import Progress, Workers, connect, share_of_rank
-from .shard_format import (INDEX_VERSION, Packing, commit, sha256_file, smallest_uint_dtype,
-                           temporary_name, write_atomically)
+from .shard_format import (FORMAT_NAME, FORMAT_VERSION, INDEX_VERSION, MANIFEST, TOKENIZER_FOLDER,
+                           WORK_FOLDER, Packing, commit, describe_tokenizer, sha256_file,
+                           smallest_uint_dtype, temporary_name, write_atomically)
 from .writing import PieceSpan, ShardJob, write_shard_job
 
-FORMAT_NAME = "deberta-data-prep"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-TOKENIZER_FOLDER = "tokenizer"
-WORK_FOLDER = ".work"
 PACKING_RULE = ("documents of a split concatenated in corpus order, cut every seq_len - 2 "
                 "tokens, each cut wrapped as [CLS] ... [SEP] (official DeBERTa packing)")
 
@@ -50,19 +47,21 @@ class PrepError(Exception):
 
 @dataclass
 class ShardConfig:
-    inputs: list[str]
-    tokenizer: str
-    output: str
-    seq_len: int = 512
-    valid_fraction: float = 0.005
-    dedup: bool = False
-    workers: int = 1
-    shard_size_mb: float = 256.0
-    piece_size_mb: float = 64.0
-    text_field: str = "text"
-    allow_unreadable: bool = False
-    overwrite: bool = False
-    progress_interval: float = 10.0
+    inputs: list[str] = required("file pattern: .txt, .jsonl, .parquet (each optionally .gz) or a datasets "
+                                 "folder; repeat --input for more", aliases=("input",))
+    tokenizer: str = required("spm.model, vocab.json or a tokenizer folder")
+    output: str = required("folder for shards and manifest.json")
+    seq_len: int = option(512, "tokens per sequence incl. [CLS] and [SEP]")
+    valid_fraction: float = option(0.005, "share of documents (chosen by content hash) in the valid split")
+    dedup: bool = option(False, "drop exact duplicate documents")
+    workers: int = option(1, "processes per rank")
+    shard_size_mb: float = option(256.0, "size of each .bin")
+    piece_size_mb: float = option(64.0, "plain .txt/.jsonl files are read in pieces of this size, in parallel")
+    text_field: str = option("text", "field of .jsonl/.parquet/datasets records")
+    allow_unreadable: bool = option(False, "finish without input files that cannot be read, listing them "
+                                           "in the manifest")
+    overwrite: bool = option(False, "replace an output made with other settings")
+    progress_interval: float = option(10.0, "seconds between progress lines")
 
     def __post_init__(self):
         Packing(self.seq_len, 1, 2)          # checks seq_len
@@ -81,12 +80,6 @@ class ShardConfig:
 
 
 # --- tokenizer ------------------------------------------------------------------------
-
-def describe_tokenizer(path: str, tokenizer: Tokenizer) -> dict:
-    files = {name: sha256_file(source) for name, source in tokenizer.files().items()}
-    return {"kind": tokenizer.name, "path": os.path.abspath(path), "sha256": next(iter(files.values())),
-            "files": files, "copy": TOKENIZER_FOLDER}
-
 
 def _copy_tokenizer(tokenizer: Tokenizer, folder: Path, hashes: dict[str, str]) -> None:
     """Into the output folder, so that the data carries the tokenizer that made it."""

@@ -15,11 +15,13 @@ import re
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Literal, Optional
 
 import sentencepiece
 
+from deberta.cli import option, required
 from deberta.tokenizer import SPM_FILE, load_tokenizer
 
 from .inputs import PieceReader, ProblemLog, find_inputs, normalize_text, plan_pieces
@@ -28,6 +30,39 @@ from .shard_format import commit, temporary_name
 MAX_SENTENCE_BYTES = 4096
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 OFFICIAL_SPECIAL_IDS = {"[PAD]": 0, "[CLS]": 1, "[SEP]": 2, "[UNK]": 3}
+
+
+@dataclass
+class TokenizerConfig:
+    """The options of ``python -m data_prep tokenizer``: train on ``inputs``, or copy ``source``."""
+    output: str = required("folder; gets spm.model")
+    inputs: list[str] = option([], "file pattern to train on; repeat --input for more", aliases=("input",))
+    source: Optional[str] = option(None, "copy this SentencePiece .model, GPT-2 vocab.json (merges.txt beside "
+                                         "it) or tokenizer folder instead of training", aliases=("from",))
+    vocab_size: int = option(128000, "SentencePiece pieces; [MASK] comes after them")
+    max_sentences: int = option(2_000_000, "size of the training sample")
+    seed: int = option(0, "which sample (reproducible)")
+    model_type: Literal["unigram", "bpe"] = option("unigram", "SentencePiece model type")
+    character_coverage: float = option(0.9995, "share of characters the model covers")
+    text_field: str = option("text", "field of .jsonl/.parquet/datasets records")
+
+    def __post_init__(self):
+        if not self.source and not self.inputs:
+            raise ValueError("give --input patterns to train on, or --from an existing tokenizer")
+        if self.vocab_size < 1:
+            raise ValueError(f"--vocab_size {self.vocab_size} must be positive")
+        if self.max_sentences < 1:
+            raise ValueError(f"--max_sentences {self.max_sentences} must be positive")
+        if not 0.0 < self.character_coverage <= 1.0:
+            raise ValueError(f"--character_coverage {self.character_coverage} is not in (0, 1]")
+
+
+def run_tokenizer(config: TokenizerConfig) -> Path:
+    """Copy ``config.source`` when given, else train on ``config.inputs``."""
+    if config.source:
+        return copy_tokenizer(config.source, config.output)
+    return train_tokenizer(config.inputs, config.vocab_size, config.output, config.max_sentences, config.seed,
+                           config.model_type, config.character_coverage, config.text_field)
 
 
 def _chop(text: str, max_bytes: int) -> Iterator[str]:
