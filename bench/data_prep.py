@@ -1,6 +1,6 @@
 """Benchmark of ``python -m data_prep shard`` against raw SentencePiece encoding.
 
-    python bench/data_prep.py [--size_gb 1.0] [--procs 2] [--tokenizer tok/spm.model]
+    python -m bench.data_prep [--size_gb 1.0] [--procs 2] [--tokenizer tok/spm.model]
 
 On an input of ``--size_gb`` of text (the shared corpus repeated, generated in a temporary
 folder) it measures, in one run on the same text and machine:
@@ -15,24 +15,24 @@ folder) it measures, in one run on the same text and machine:
   to show that memory does not grow with the input.
 
 Targets: shard >= 0.8 x raw speed, >= 1.7 x from 1 to 2 processes, peak RSS < 1 GB and
-independent of the input size. Without ``--tokenizer`` a 32K SentencePiece model is first
-trained on the corpus with ``python -m data_prep tokenizer``.
+independent of the input size. Without ``--tokenizer`` a SentencePiece model of
+``--vocab_size`` (32K) pieces is first trained on the corpus with ``python -m data_prep tokenizer``.
+The figures go to --json (default bench/results/data_prep.json).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 import sentencepiece
+
+from bench.common import add_json_argument, command_line, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "data" / "corpus"
@@ -93,13 +93,15 @@ def shard_run(folder: Path, model: Path, output: Path, workers: int, input_bytes
             "mb_per_cpu_s": input_bytes / float(cpu_seconds) / 1e6}
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size_gb", type=float, default=1.0)
     parser.add_argument("--procs", type=int, default=2)
-    parser.add_argument("--tokenizer", help="SentencePiece model (default: train a 32K one on the corpus)")
+    parser.add_argument("--tokenizer", help="SentencePiece model (default: train one of --vocab_size on the corpus)")
+    parser.add_argument("--vocab_size", type=int, default=32000)
     parser.add_argument("--workdir", help="where to generate the input (default: a temporary folder)")
-    args = parser.parse_args()
+    add_json_argument(parser, "data_prep")
+    args = parser.parse_args(argv)
     if not CORPUS.is_dir():
         sys.exit(f"the shared corpus is absent ({CORPUS})")
 
@@ -108,14 +110,15 @@ def main() -> None:
         model = Path(args.tokenizer) if args.tokenizer else None
         if model is None:
             subprocess.run([sys.executable, "-m", "data_prep", "tokenizer", "--input", f"{CORPUS}/*.txt",
-                            "--vocab_size", "32000", "--output", str(work / "tok")], cwd=REPO, check=True)
+                            "--vocab_size", str(args.vocab_size), "--output", str(work / "tok")], cwd=REPO, check=True)
             model = work / "tok" / "spm.model"
         full_bytes = make_input(work / "full", int(args.size_gb * 2**30))
         quarter_bytes = make_input(work / "quarter", int(args.size_gb * 2**30 / 4))
         print(f"input: {full_bytes / 1e9:.2f} GB in {len(os.listdir(work / 'full'))} files; "
               f"tokenizer {model}", flush=True)
 
-        print(f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
+        load_before = os.getloadavg()[0]
+        print(f"load average before: {load_before:.2f}", flush=True)
         raw_per_cpu = {}
         raw = {}
         for threads in (1, args.procs):
@@ -136,11 +139,25 @@ def main() -> None:
               f"{os.getloadavg()[0]:.2f}; other load on the machine lowers it)")
         print(f"peak RSS, 1 process: {runs[1]['peak_rss_mb']:.0f} MB on {full_bytes / 1e9:.2f} GB, "
               f"{quarter['peak_rss_mb']:.0f} MB on {quarter_bytes / 1e9:.2f} GB")
-        print(json.dumps({"date": date.today().isoformat(), "machine": f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}",
-                          "input_bytes": full_bytes, "raw_mb_per_s": raw, "raw_mb_per_cpu_s": raw_per_cpu, "shard": runs, "quarter_input": quarter,
-                          "ratio_to_raw": {w: r["mb_per_s"] / raw[w] for w, r in runs.items()},
-                          "ratio_to_ideal_raw": {w: r["mb_per_s"] / (w * raw[1]) for w, r in runs.items()},
-                          "speedup": speedup}))
+        load_after = os.getloadavg()[0]
+        results = {"input_bytes": full_bytes, "files": len(os.listdir(work / "full")), "tokenizer": str(model),
+                   "raw_mb_per_s": raw, "raw_mb_per_cpu_s": raw_per_cpu, "shard": runs, "quarter_input": quarter,
+                   "ratio_to_raw": {w: r["mb_per_s"] / raw[w] for w, r in runs.items()},
+                   "ratio_to_ideal_raw": {w: r["mb_per_s"] / (w * raw[1]) for w, r in runs.items()},
+                   "speedup": speedup, "load_average_before": load_before, "load_average_after": load_after}
+        rows = [[f"raw `spm.encode(batch)`, 1 thread / {args.procs} threads",
+                 f"{raw[1]:.1f} / {raw[args.procs]:.1f}", "", ""]]
+        rows += [[f"`shard --workers {w}` (start-up, read, encode, pack, write, manifest)", f"{r['mb_per_s']:.1f}",
+                  f"{r['mb_per_s'] / raw[w]:.2f}", f"{r['peak_rss_mb']:.0f} MB"] for w, r in runs.items()]
+        write_result(args.json, benchmark="data_prep", title="Data preparation: shard throughput",
+                     command=command_line("bench.data_prep", argv), results=results,
+                     columns=["", "MB/s", "vs raw SentencePiece on as many cores", "peak RSS per process"], rows=rows,
+                     notes=[f"{full_bytes / 1e9:.2f} GB of text (copies of the shared corpus in "
+                            f"{results['files']} files), {'a given tokenizer' if args.tokenizer else f'a {args.vocab_size}-piece SentencePiece model trained by the script'}; "
+                            f"load average {load_before:.2f} before, {load_after:.2f} after (other load lowers the figures).",
+                            f"1 -> {args.procs} processes: **{speedup:.2f}x**. Peak RSS of one process: "
+                            f"{quarter['peak_rss_mb']:.0f} MB on a quarter of the input, {runs[1]['peak_rss_mb']:.0f} MB "
+                            f"on all of it."])
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -1,12 +1,13 @@
 """SST-2 on CPU in about ten minutes: dev accuracy against the majority baseline, SiFT off and on.
 
-    python bench/finetune_sst2.py --model models/tiny            # a model folder, e.g. from
+    python -m bench.finetune_sst2 --model models/tiny            # a model folder, e.g. from
                                                                  # python -m pretrain.convert
-    python bench/finetune_sst2.py                                # no --model: a small model with
+    python -m bench.finetune_sst2                                # no --model: a small model with
                                                                  # random weights and the test vocabulary
 Options: --data_dir (default ../shared/data/glue/SST-2), --max_train_examples, --epochs,
---threads, --sift_only / --no_sift. Each run writes its folder under --output_dir and the
-summary goes to OUTPUT_DIR/summary.json.
+--threads, --sift_only / --no_sift. Each run writes its folder under --output_dir, the
+summary goes to OUTPUT_DIR/summary.json and the figures to --json
+(default bench/results/finetune_sst2.json).
 """
 from __future__ import annotations
 
@@ -14,18 +15,15 @@ import argparse
 import collections
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from deberta import DebertaConfig, build_model, load_tokenizer, save_model  # noqa: E402
-from finetune import FinetuneConfig, Trainer  # noqa: E402
-from finetune.data import read_table  # noqa: E402
+from bench.common import REPO, add_json_argument, command_line, write_result
+from deberta import DebertaConfig, build_model, load_tokenizer, save_model
+from finetune import FinetuneConfig, Trainer
+from finetune.data import read_table
 
 # Small enough for a CPU budget: 4 layers of width 128 (~0.8M backbone parameters).
 SMALL = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512,
@@ -45,7 +43,7 @@ def majority_accuracy(dev: Path) -> float:
     return max(labels.values()) / sum(labels.values())
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="model folder (default: random weights, see SMALL)")
     parser.add_argument("--tokenizer", default=str(REPO / "tests" / "assets" / "spm.model"),
@@ -61,7 +59,8 @@ def main() -> int:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--no_sift", action="store_true", help="only the run without SiFT")
     which.add_argument("--sift_only", action="store_true", help="only the run with SiFT")
-    args = parser.parse_args()
+    add_json_argument(parser, "finetune_sst2")
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(args.threads)
 
@@ -83,8 +82,20 @@ def main() -> int:
                                  "seconds": round(time.time() - started)}
         (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
+    model_name = (f"`{args.model}`" if args.model else
+                  "4 layers, width 128, random initial weights, the 1000-piece test vocabulary")
+    rows = [["majority class", "", f"{100 * summary['majority_baseline']:.1f} %", ""]]
+    rows += [[model_name, "on" if name == "sift" else "off", f"{100 * run['dev_accuracy']:.1f} %", f"{run['seconds']} s"]
+             for name, run in summary["runs"].items()]
+    write_result(args.json, benchmark="finetune_sst2", title="Finetuning SST-2 on the CPU",
+                 command=command_line("bench.finetune_sst2", argv), results={**summary, "settings": vars(args)},
+                 columns=["model", "SiFT", "dev accuracy", "time"], rows=rows,
+                 notes=[f"{args.max_train_examples} training sentences, {args.epochs:g} epoch(s), batch "
+                        f"{args.batch_size}, learning rate {args.learning_rate:g}, max_seq_length "
+                        f"{args.max_seq_length}, {args.threads} torch thread(s); dev = the full SST-2 dev set. "
+                        f"SiFT: lambda 1, step 1e-4, noise 1e-2."])
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,14 +1,15 @@
 """Forward + backward of our DeBERTa against transformers' on the same input, in one run.
 
-    python bench/model_step.py                       # CPU: v3-base shape, batch 1 x 512
-    python bench/model_step.py --device cuda --dtype bf16 --batch 32 --backend sdpa
+    python -m bench.model_step                       # CPU: v3-base shape, batch 1 x 512
+    python -m bench.model_step --device cuda --dtype bf16 --batch 32 --backend sdpa
 
 Two workloads, each timed for both implementations with the same config and input:
   backbone  the encoder alone, loss = mean of the last hidden state (same work on both sides)
   mlm       masked-LM training step with 15 % of the tokens as targets: transformers scores
             all L x 128100 outputs, ours only the targets (half the FLOPs of a base model)
 Each implementation runs in its own subprocess so that peak memory (RSS on CPU, allocator
-peak on GPU) is its own. Prints seconds/step, tokens/s, peak memory and our/their ratios.
+peak on GPU) is its own. Prints seconds/step, tokens/s, peak memory and our/their ratios, and writes them to --json
+(default bench/results/model_step.json).
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ import threading
 import time
 
 import torch
+
+from bench.common import REPO, add_json_argument, command_line, write_result
 
 
 def build(impl: str, workload: str, args):
@@ -120,20 +123,24 @@ def main(argv=None):
     parser.add_argument("--workloads", default="backbone,mlm")
     parser.add_argument("--impl", choices=("ours", "hf"), help=argparse.SUPPRESS)
     parser.add_argument("--workload", help=argparse.SUPPRESS)
+    add_json_argument(parser, "model_step")
     args = parser.parse_args(argv)
     if args.impl:  # a worker subprocess
         print(json.dumps(worker(args)))
         return
     torch_threads = torch.get_num_threads()
-    print(f"# {args.preset}, batch {args.batch} x seq {args.seq}, {args.dtype}, device {args.device}, "
-          f"our backend {args.backend}, torch {torch.__version__}, {torch_threads} threads")
+    setting = (f"{args.preset}, batch {args.batch} x seq {args.seq}, {args.dtype}, device {args.device}, "
+               f"our backend {args.backend}, {torch_threads} torch threads")
+    print(f"# {setting}, torch {torch.__version__}")
     print(f"{'workload':10} {'impl':13} {'s/step':>8} {'tokens/s':>10} {'peak MB':>9}")
+    figures, rows = {}, []
+    forwarded = [a for a in (argv if argv is not None else sys.argv[1:])]
     for workload in args.workloads.split(","):
         results = {}
         for impl in ("hf", "ours"):
-            command = [sys.executable, __file__, "--impl", impl, "--workload", workload] + \
-                [a for a in (argv if argv is not None else sys.argv[1:])]
-            done = subprocess.run(command, capture_output=True, text=True)
+            command = [sys.executable, "-m", "bench.model_step", "--impl", impl, "--workload", workload,
+                       *forwarded, "--json", ""]
+            done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
             if done.returncode:
                 raise SystemExit(f"{impl} {workload} failed:\n{done.stderr}")
             results[impl] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -145,7 +152,29 @@ def main(argv=None):
         memory = results["ours"]["peak_mb"] / max(results["hf"]["peak_mb"], 1e-9)
         print(f"{workload:10} {'ratio':13} speed ours/transformers = {speedup:.2f}x, "
               f"peak memory ours/transformers = {memory:.2f}")
+        figures[workload] = {"transformers": results["hf"], "ours": results["ours"], "speedup": speedup,
+                             "memory_ratio": memory}
+        rows.append([WORKLOADS.get(workload, workload), f"{results['hf']['seconds_per_step']:.3f}",
+                     f"{results['ours']['seconds_per_step']:.3f}", f"**{speedup:.2f}x**",
+                     f"{results['hf']['peak_mb']:.0f} / {results['ours']['peak_mb']:.0f}"])
+    peak = "allocator peak" if args.device.startswith("cuda") else "growth of resident memory"
+    write_result(args.json, benchmark="model_step", title=f"Model step: forward + backward, ours against transformers",
+                 command=command_line("bench.model_step", argv),
+                 results={"setting": setting, **figures},
+                 columns=["workload", "transformers s/step", "ours s/step", "speed, ours / transformers",
+                          "peak MB, transformers / ours"], rows=rows,
+                 notes=[f"{setting}; transformers {_transformers_version()} DebertaV2Model / DebertaV2ForMaskedLM "
+                        f"with the same config and input, each implementation in its own process; the mean of "
+                        f"{args.steps} steps after {args.warmup} warm-up; peak memory is the {peak} during the timed steps."])
 
+
+WORKLOADS = {"backbone": "backbone (loss = mean of last hidden state)",
+             "mlm": "MLM training step, 15 % targets"}
+
+
+def _transformers_version() -> str:
+    import transformers
+    return transformers.__version__
 
 if __name__ == "__main__":
     main()

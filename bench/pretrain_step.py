@@ -1,7 +1,7 @@
 """Training-step throughput: our MLM pretraining step against transformers' DeBERTa-v2 MLM.
 
-    python bench/pretrain_step.py                                   # CPU default: v3-base, seq 128, batch 4
-    python bench/pretrain_step.py --seq_len 512 --batch_size 32 --precision bf16    # v3-base on a GPU
+    python -m bench.pretrain_step                                   # CPU default: v3-base, seq 128, batch 4
+    python -m bench.pretrain_step --seq_len 512 --batch_size 32 --precision bf16    # v3-base on a GPU
 
 Both models have the same shape and run the same step in one process, alternately (the
 median step of each is reported): forward with
@@ -9,29 +9,22 @@ median step of each is reported): forward with
 the targets and includes the enhanced mask decoder (2 extra passes through the last
 layer, as pretraining runs it); transformers computes the output at every position and
 has no decoder. Printed: tokens/s, model TFLOP/s (each model's own FLOPs,
-pretrain/metrics.py), peak memory on GPU, and the ratio ours / transformers.
+pretrain/metrics.py), peak memory on GPU, and the ratio ours / transformers; the figures go
+to --json (default bench/results/pretrain_step.json).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
-# Run as a script, sys.path[0] is bench/, whose scripts (bench/data_prep.py, ...) would
-# shadow the packages of the same names; the repository root goes there instead.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
+import torch
 
-import torch  # noqa: E402
-
-from deberta import DebertaConfig, DebertaForMaskedLM  # noqa: E402
-from deberta.checkpoint import hf_config  # noqa: E402
-from pretrain.config import model_config, parse_overrides  # noqa: E402
-from pretrain.metrics import forward_flops_per_token  # noqa: E402
+from bench.common import add_json_argument, command_line, write_result
+from deberta import DebertaConfig, DebertaForMaskedLM
+from deberta.checkpoint import hf_config
+from pretrain.config import model_config, parse_overrides
+from pretrain.metrics import forward_flops_per_token
 
 
 def make_batch(batch: int, seq_len: int, vocab: int, device, seed: int = 0):
@@ -78,7 +71,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="bf16: autocast (GPU or CPU), fp32 master weights")
     parser.add_argument("--attention_backend", default="sdpa", help="ours: eager or sdpa")
-    parser.add_argument("--json", help="also write the results to this file")
+    add_json_argument(parser, "pretrain_step")
     args = parser.parse_args(argv)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -127,9 +120,22 @@ def main(argv=None) -> dict:
               f"{r['seconds_per_step']:.3f} s/step{peak}")
     print(f"ratio ours / transformers: {results['ratio']:.2f}x  ({results['device']}, {args.model_config}, "
           f"batch {args.batch_size} x seq {args.seq_len}, {args.precision})")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=1)
+    rows = [[name, f"{results[name]['tokens_per_s']:,.0f}", f"{results[name]['model_tflops']:.3f}",
+             f"{results[name]['seconds_per_step']:.3f}"]
+            + ([f"{results[name]['peak_gib']:.1f}"] if device.type == "cuda" else [])
+            for name in ("ours", "transformers")]
+    rows.append(["ratio ours / transformers", f"**{results['ratio']:.2f}x**", "", ""]
+                + ([""] if device.type == "cuda" else []))
+    write_result(args.json, benchmark="pretrain_step", title="Pretraining step: forward, backward and AdamW",
+                 command=command_line("bench.pretrain_step", argv), results=results,
+                 columns=["system", "tokens/s", "model TFLOP/s", "s/step"] + (["peak GiB"] if device.type == "cuda" else []),
+                 rows=rows,
+                 notes=[f"{args.model_config} ({args.set_model or 'no overrides'}), batch {args.batch_size} x seq "
+                        f"{args.seq_len}, {args.precision}, {results['device']}; ours with the enhanced mask decoder "
+                        f"and the output only at the 15 % targets, attention backend {args.attention_backend}, "
+                        f"against transformers {transformers.__version__} DebertaV2ForMaskedLM (no decoder, output at "
+                        f"every position); the two alternate step by step, median of {args.steps} steps after "
+                        f"{args.warmup} warm-up."])
     return results
 
 
