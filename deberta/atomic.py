@@ -9,11 +9,14 @@ most a ``*.tmp.PID`` file that the next writer ignores.
     atomic_write(path, "text")            # str or bytes
     with atomic_file(path) as tmp:        # for writers that want a path (safetensors, torch.save)
         save_file(state, str(tmp))
+    with atomic_folder(folder) as tmp:    # a whole folder (a model folder) replaced at once
+        save_model(model, tmp)
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -54,3 +57,30 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
     with atomic_file(path) as tmp:
         tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
     return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success it replaces ``path`` whole.
+
+    The old folder is first renamed aside, then the new one into place, then the old one
+    removed: a process killed in between leaves either the old or the new folder under
+    ``path`` (or, in the instant between the two renames, the old one under its aside
+    name ``.PATH.old.PID``), never a mix of their files.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    aside = path.with_name(f".{path.name}.old.{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():
+        os.replace(path, aside)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    shutil.rmtree(aside, ignore_errors=True)
