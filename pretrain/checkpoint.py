@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from deberta.atomic import atomic_write, fsync_dir
+
 CHECKPOINT_FILE = "checkpoint.json"
 LATEST = "latest"
 TMP_PREFIX = ".tmp-"
@@ -49,6 +51,11 @@ def tag_of(step: int) -> str:
     return f"step_{step:08d}"
 
 
+def engine_tag(tag: str, engine_name: str) -> str:
+    """Where an objective's engine keeps its DeepSpeed files inside checkpoint ``tag``."""
+    return f"{tag}/{engine_name}" if engine_name else tag
+
+
 def rng_state() -> dict:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -62,24 +69,6 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 class CheckpointManager:
@@ -117,7 +106,9 @@ class CheckpointManager:
                 shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink()
 
     # --- save ---------------------------------------------------------------------
-    def save(self, engine, step: int, trainer_state: dict) -> Path:
+    def save(self, engines: dict, step: int, trainer_state: dict) -> Path:
+        """``engines``: name -> DeepSpeed engine; the one named "" writes into the checkpoint
+        folder itself, any other into a sub-folder of its name."""
         tag = tag_of(step)
         final, tmp = self.directory / tag, self.directory / (TMP_PREFIX + tag)
         if self.rank == 0:
@@ -125,30 +116,31 @@ class CheckpointManager:
             if tmp.exists():
                 shutil.rmtree(tmp)
         dist.barrier()
-        engine.save_checkpoint(str(self.directory), tag=tmp.name, client_state={"trainer": trainer_state},
-                               save_latest=False)
+        for name, engine in engines.items():
+            engine.save_checkpoint(str(self.directory), tag=engine_tag(tmp.name, name),
+                                   client_state={"trainer": trainer_state}, save_latest=False)
         torch.save(rng_state(), tmp / f"rng_rank_{self.rank:05d}.pt")
         dist.barrier()
         if self.rank == 0:
             if os.environ.get(KILL_IN_SAVE_ENV) == str(step):
                 os.kill(os.getpid(), signal.SIGKILL)
             files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
-            _write_atomic(tmp / CHECKPOINT_FILE, json.dumps(
+            atomic_write(tmp / CHECKPOINT_FILE, json.dumps(
                 {"format_version": FORMAT_VERSION, "step": step, "world_size": self.world,
                  "trainer": trainer_state, "files": files}, indent=1) + "\n")
             if final.exists():  # a checkpoint of this step from an earlier attempt
                 shutil.rmtree(final)
             os.replace(tmp, final)
-            _fsync_dir(self.directory)
-            _write_atomic(self.directory / LATEST, tag + "\n")
+            fsync_dir(self.directory)
+            atomic_write(self.directory / LATEST, tag + "\n")
             for old in self.complete()[: -self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
         dist.barrier()
         return final
 
     # --- load ---------------------------------------------------------------------
-    def load(self, engine, path: Path, universal: bool) -> dict:
-        """Restore engine and RNG from ``path``; returns the trainer state saved with it."""
+    def load(self, engines: dict, path: Path, universal: bool) -> dict:
+        """Restore the engines and RNG from ``path``; returns the trainer state saved with it."""
         info = json.loads((path / CHECKPOINT_FILE).read_text(encoding="utf-8"))
         if info.get("format_version") != FORMAT_VERSION:
             raise ResumeError(f"{path / CHECKPOINT_FILE}: format_version {info.get('format_version')}, "
@@ -165,10 +157,12 @@ class CheckpointManager:
                 f"and resume with --universal_checkpoint true (keep the global batch; RNG streams restart).")
         if universal and not universal_path.is_dir():
             raise ResumeError(f"--universal_checkpoint true: {universal_path} not found; create it with\n{convert}")
-        loaded, client = engine.load_checkpoint(str(self.directory), tag=(universal_path if universal else path).name,
-                                                load_optimizer_states=True, load_lr_scheduler_states=True)
-        if loaded is None:
-            raise ResumeError(f"DeepSpeed could not load the checkpoint in {path}")
+        tag = (universal_path if universal else path).name
+        for name, engine in engines.items():
+            loaded, client = engine.load_checkpoint(str(self.directory), tag=engine_tag(tag, name),
+                                                    load_optimizer_states=True, load_lr_scheduler_states=True)
+            if loaded is None:
+                raise ResumeError(f"DeepSpeed could not load the checkpoint of engine {name or 'model'!r} in {path}")
         if not universal:
             set_rng_state(torch.load(path / f"rng_rank_{self.rank:05d}.pt", weights_only=False))
         return client["trainer"] if client and "trainer" in client else info["trainer"]

@@ -1,52 +1,66 @@
 """Every setting of a pretraining run: one dataclass per component, all of them flags.
 
-``parse_args`` turns each field of the dataclasses below into ``--field`` (booleans take
-``true``/``false``); ``--recipe NAME`` first sets the defaults of a published recipe
-(pretrain/recipes.py), and explicit flags win over it.
+    deberta-pretrain --help                      # (or: python pretrain/main.py --help)
+    deepspeed pretrain/main.py --config run.yaml --max_steps 1000
+
+The command is built by ``deberta.cli.Command`` (one precedence for every command: flags,
+then ``--config FILE``, then ``--recipe NAME`` (pretrain/recipes.py), then the DeepSpeed
+JSON for the engine settings, then the defaults). The chosen objective adds its own
+flags (``--objective rtd`` adds ``--rtd_lambda``, ``--embedding_sharing``, ...).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-from pathlib import Path
 from dataclasses import dataclass
-from typing import Optional
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
 
 from deberta import PRESETS, DebertaConfig
+from deberta.cli import Command, option
+from training.config import EngineConfig, OptimizerConfig
 
 from .data import DataConfig
 from .masking import MaskingConfig
-from .objectives import ObjectiveConfig
+from .objectives import Objective, objective_class
 from .recipes import RECIPES
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Pretraining's defaults where they differ from the shared dataclasses' (finetuning's).
+PRETRAIN_DEFAULTS = {"ds_config": "ds_configs/zero2.json", "warmup_steps": 10_000, "adam_beta2": 0.98}
 
 
 @dataclass
-class OptimizerConfig:
-    lr: float = 1e-4  # peak learning rate, reached after warmup_steps
-    warmup_steps: int = 10_000  # linear warmup from 0, then linear decay to 0 at max_steps
-    weight_decay: float = 0.01  # not applied to biases, LayerNorms and the GDES delta
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.98
-    adam_eps: float = 1e-6
-    clip_grad: float = 1.0  # global gradient-norm clipping; 0 disables
+class RunConfig:
+    objective: str = option("mlm", "mlm, rtd, or package.module:Class (a subclass of pretrain.objectives.Objective)")
+    model_config: str = option("deberta-v3-base", "preset name or JSON file of DebertaConfig fields "
+                                                  "(for RTD: the discriminator)")
+    set_model: str = option("", 'DebertaConfig overrides, e.g. "hidden_size=64,num_hidden_layers=2"')
+    tokenizer: str = option("", "tokenizer file or folder (default: the one data_prep stored with the data)")
+    output_dir: str = option("runs/pretrain", "run folder: checkpoints/, tensorboard/, metrics.jsonl, eval.jsonl")
+    max_steps: int = option(1000, "optimizer steps of the whole run (the schedule decays to 0 there)")
+    seed: int = option(1234, "initial weights, data order, masking and dropout")
+    activation_checkpointing: bool = option(False, "recompute layer activations in the backward pass")
+    attention_backend: str = option("", "eager|sdpa|... (default: the model config's)")
+    log_interval: int = option(10, "optimizer steps between progress lines and TensorBoard points")
+    eval_interval: int = option(500, "optimizer steps between validations")
+    tensorboard: bool = option(True, "write TensorBoard events to OUTPUT/tensorboard")
 
     def __post_init__(self):
-        if self.lr <= 0 or self.warmup_steps < 0 or self.weight_decay < 0 or self.clip_grad < 0:
-            raise ValueError(f"lr={self.lr} must be > 0; warmup_steps={self.warmup_steps}, weight_decay="
-                             f"{self.weight_decay}, clip_grad={self.clip_grad} must be >= 0")
-        if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1 and self.adam_eps > 0):
-            raise ValueError(f"adam betas ({self.adam_beta1}, {self.adam_beta2}) must be in [0, 1), "
-                             f"adam_eps={self.adam_eps} > 0")
+        if self.max_steps < 1 or self.log_interval < 1 or self.eval_interval < 1:
+            raise ValueError(f"max_steps={self.max_steps}, log_interval={self.log_interval} and "
+                             f"eval_interval={self.eval_interval} must be >= 1")
+        objective_class(self.objective)  # a bad name or module fails here, naming it
 
 
 @dataclass
 class CheckpointConfig:
-    save_interval: int = 1000  # optimizer steps between checkpoints (and one at the end)
-    keep_checkpoints: int = 3  # newest complete checkpoints kept; older ones are deleted
-    universal_checkpoint: bool = False  # resume from a DeepSpeed universal checkpoint (other world size)
+    save_interval: int = option(1000, "optimizer steps between checkpoints (and one at the end)")
+    keep_checkpoints: int = option(3, "newest complete checkpoints kept; older ones are deleted")
+    universal_checkpoint: bool = option(False, "resume from a DeepSpeed universal checkpoint (another world "
+                                               "size or ZeRO stage)")
 
     def __post_init__(self):
         if self.save_interval < 1 or self.keep_checkpoints < 1:
@@ -54,39 +68,8 @@ class CheckpointConfig:
                              f"{self.keep_checkpoints} must be >= 1")
 
 
-@dataclass
-class RunConfig:
-    ds_config: str = "ds_configs/zero2.json"
-    model_config: str = "deberta-v3-base"  # preset name or JSON file of DebertaConfig fields
-    set_model: str = ""  # comma-separated DebertaConfig overrides, e.g. "hidden_size=64,num_hidden_layers=2"
-    tokenizer: str = ""  # "": the tokenizer that data_prep stored with the data
-    output_dir: str = "runs/pretrain"
-    max_steps: int = 1000
-    seed: int = 1234
-    # Batch: global = micro x accumulation x ranks; unset (0) values come from the
-    # DeepSpeed config or are derived from the others.
-    global_batch_size: int = 0
-    micro_batch_size: int = 0
-    grad_accum: int = 0
-    precision: str = "auto"  # auto: the DeepSpeed config's, else bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU
-    zero_stage: int = -1  # -1: the DeepSpeed config's
-    activation_checkpointing: bool = False
-    attention_backend: str = ""  # "": the model config's (eager or sdpa)
-    log_interval: int = 10
-    eval_interval: int = 500
-    tensorboard: bool = True
-
-    def __post_init__(self):
-        if self.max_steps < 1 or self.log_interval < 1 or self.eval_interval < 1:
-            raise ValueError(f"max_steps={self.max_steps}, log_interval={self.log_interval} and "
-                             f"eval_interval={self.eval_interval} must be >= 1")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision={self.precision!r}; allowed: {PRECISIONS}")
-        if self.zero_stage not in (-1, 0, 1, 2, 3):
-            raise ValueError(f"zero_stage={self.zero_stage}; allowed: 0, 1, 2, 3 (or -1: from the DeepSpeed config)")
-        for name in ("global_batch_size", "micro_batch_size", "grad_accum"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 0 (0: from the DeepSpeed config)")
+SECTIONS = {"run": RunConfig, "data": DataConfig, "masking": MaskingConfig, "engine": EngineConfig,
+            "optimizer": OptimizerConfig, "checkpoint": CheckpointConfig}
 
 
 @dataclass
@@ -94,19 +77,24 @@ class TrainConfig:
     run: RunConfig
     data: DataConfig
     masking: MaskingConfig
-    objective: ObjectiveConfig
+    engine: EngineConfig
     optimizer: OptimizerConfig
     checkpoint: CheckpointConfig
+    objective: Any  # the objective's Options dataclass
+
+    @property
+    def objective_class(self) -> type[Objective]:
+        return objective_class(self.run.objective)
 
     def model_config(self) -> DebertaConfig:
-        """The (discriminator's, for RTD) architecture with --set_model and --attention_backend applied."""
+        """The architecture (RTD: the discriminator's) with --set_model and --attention_backend applied."""
         overrides = parse_overrides(self.run.set_model)
         if self.run.attention_backend:
             overrides["attention_backend"] = self.run.attention_backend
         return model_config(self.run.model_config, overrides)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {name: dataclasses.asdict(getattr(self, name)) for name in (*SECTIONS, "objective")}
 
 
 def model_config(name_or_path: str, overrides: dict) -> DebertaConfig:
@@ -136,44 +124,41 @@ def parse_overrides(text: str) -> dict:
     return values
 
 
-def _parse_bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+def _first_look(argv: list[str]) -> tuple[str, Optional[str]]:
+    """(objective, recipe) before the full parse: the objective decides which flags exist.
+    The same precedence as the full parse: flag, config file, recipe, default."""
+    peek = argparse.ArgumentParser(add_help=False)
+    for name in ("objective", "config", "recipe"):
+        peek.add_argument(f"--{name}")
+    known, _ = peek.parse_known_args(argv)
+    objective = known.objective
+    if objective is None and known.config:
+        try:
+            objective = (yaml.safe_load(Path(known.config).read_text(encoding="utf-8")) or {}).get("objective")
+        except (OSError, yaml.YAMLError, AttributeError):
+            objective = None  # the full parse reports the unreadable file
+    if objective is None and known.recipe in RECIPES:
+        objective = RECIPES[known.recipe].get("objective")
+    return objective or RunConfig.objective, known.recipe
 
 
-_SECTION_TYPES = {"run": RunConfig, "data": DataConfig, "masking": MaskingConfig,
-                  "objective": ObjectiveConfig, "optimizer": OptimizerConfig, "checkpoint": CheckpointConfig}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="DeBERTa pretraining (MLM or RTD) on DeepSpeed. Launch with `deepspeed pretrain/main.py ...`.")
-    parser.add_argument("--recipe", choices=sorted(RECIPES), help="published hyper-parameters as defaults")
-    parser.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # set by launchers
-    for section, cls in _SECTION_TYPES.items():
-        group = parser.add_argument_group(section)
-        for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else None
-            kind = type(default) if default is not None else str
-            group.add_argument(f"--{f.name}", dest=f"{section}.{f.name}", default=default,
-                               type=_parse_bool if kind is bool else kind, metavar=kind.__name__.upper(),
-                               help=f"default: {default!r}")
-    return parser
+def build_command(argv: list[str]) -> Command:
+    objective, recipe = _first_look(argv)
+    command = Command("deberta-pretrain", "DeBERTa pretraining (MLM, RTD or a plugin objective) on DeepSpeed. "
+                      "Launch with `deepspeed pretrain/main.py ...`.", SECTIONS, defaults=PRETRAIN_DEFAULTS,
+                      extra={"recipe": dict(choices=sorted(RECIPES), help="published hyper-parameters as defaults"),
+                             "local_rank": dict(type=int, default=-1, help=argparse.SUPPRESS)})
+    try:
+        options = objective_class(objective).Options
+    except ValueError as error:
+        command.parser.error(str(error))
+    command.add_section("objective", options)
+    if recipe in RECIPES:
+        command.set_defaults(RECIPES[recipe])
+    return command
 
 
 def parse_args(argv: Optional[list[str]] = None) -> TrainConfig:
-    parser = build_parser()
-    known, _ = parser.parse_known_args(argv)
-    if known.recipe:
-        destinations = {action.dest.split(".", 1)[1]: action.dest for action in parser._actions if "." in action.dest}
-        parser.set_defaults(**{destinations[k]: v for k, v in RECIPES[known.recipe].items()})
-    args = parser.parse_args(argv)
-    values: dict[str, dict] = {section: {} for section in _SECTION_TYPES}
-    for dest, value in vars(args).items():
-        if "." in dest:
-            section, name = dest.split(".", 1)
-            values[section][name] = value
-    return TrainConfig(**{section: cls(**values[section]) for section, cls in _SECTION_TYPES.items()})
+    import sys
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return TrainConfig(**build_command(argv).parse(argv))

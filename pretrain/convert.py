@@ -6,9 +6,10 @@ Reads a complete checkpoint (the newest, or ``--step N``) of any ZeRO stage: the
 master weights are gathered from the per-rank partitions. The checkpoint carries the
 model configs and the tokenizer, so nothing else is needed.
 
-MLM runs give one masked-LM folder. RTD runs give the discriminator in OUTPUT (the model
-to finetune; with GDES its word embedding is the generator's table plus the learned delta,
-folded into one plain table) and the generator in OUTPUT/generator.
+The objective decides what is written (``Objective.export_models``): MLM runs give one
+masked-LM folder; RTD runs give the discriminator in OUTPUT (the model to finetune; with
+GDES its word embedding is the generator's table plus the learned delta, folded into one
+plain table) and the generator in OUTPUT/generator.
 
 ``--format hf`` writes folders that ``transformers.AutoModel*.from_pretrained`` loads:
 MLM and generator as DebertaV2ForMaskedLM (transformers has no enhanced mask decoder: its
@@ -17,20 +18,20 @@ discriminator as DebertaV2Model (transformers has no RTD head class).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 
-from deberta import (DebertaConfig, DebertaForMaskedLM, DebertaForReplacedTokenDetection, build_model, export_hf,
-                     load_tokenizer, save_model)
+from deberta import build_model, export_hf, load_tokenizer, save_model
+from deberta.cli import Command, option, required
+from deberta.model import DebertaPreTrained
 
 from .checkpoint import CHECKPOINT_FILE, CheckpointManager, tag_of
-
-GENERATOR_FOLDER = "generator"
-
+from .objectives import Objective, objective_class
 
 def find_checkpoint(directory: Path, step: int | None) -> Path:
     manager = CheckpointManager(directory, keep=1, rank=0, world=1)
@@ -46,86 +47,96 @@ def find_checkpoint(directory: Path, step: int | None) -> Path:
     return path
 
 
-def fp32_state_dict(checkpoint: Path) -> dict[str, torch.Tensor]:
-    """The full fp32 weights of the wrapped module (names as in the objective module)."""
-    if any(checkpoint.glob("*optim_states.pt")) and any(checkpoint.glob("*zero_pp_rank_*")):
+def fp32_state_dict(checkpoint: Path, engine_names) -> dict[str, torch.Tensor]:
+    """The objective's full fp32 weights, gathered from each of its engines' files (an engine
+    named "" wraps the whole objective; another wraps the sub-module of that name)."""
+    state = {}
+    for name in engine_names:
+        prefix = f"{name}." if name else ""
+        state.update({prefix + k: v for k, v in engine_state_dict(checkpoint / name if name else checkpoint).items()})
+    return state
+
+
+def engine_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    """One engine's module weights in fp32, from any ZeRO stage."""
+    if any(folder.glob("*optim_states.pt")) and any(folder.glob("*zero_pp_rank_*")):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-        state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
+        state = get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)
     else:  # no ZeRO: rank 0's module weights are complete
-        state = torch.load(checkpoint / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+        state = torch.load(folder / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
     return {k: v.float() for k, v in state.items()}
 
 
-def _take(state: dict, prefix: str) -> dict:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-def _load(model: torch.nn.Module, state: dict, what: str) -> torch.nn.Module:
-    result = model.load_state_dict(state, strict=False)
+def load_objective(checkpoint: Path, model_info: dict) -> Objective:
+    """The run's objective, rebuilt from the checkpoint's description, with its weights."""
+    objective = objective_class(model_info["objective"]).from_description(model_info)
+    state = fp32_state_dict(checkpoint, objective.engine_modules())
+    result = objective.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
-        raise RuntimeError(f"{what}: checkpoint weights do not match the model; missing {result.missing_keys}, "
-                           f"unexpected {result.unexpected_keys}")
-    return model.eval()
+        raise RuntimeError(f"{checkpoint}: weights do not match the {model_info['objective']} objective; missing "
+                           f"{result.missing_keys}, unexpected {result.unexpected_keys}")
+    return objective.eval()
 
 
-def build_models(info: dict, state: dict) -> tuple[torch.nn.Module, torch.nn.Module | None]:
-    """(main model, generator or None) with the checkpoint's weights."""
-    if info["objective"] == "mlm":
-        config = DebertaConfig.from_dict(info["model_config"])
-        return _load(DebertaForMaskedLM(config), _take(state, "model."), "MLM model"), None
-    generator = _load(DebertaForMaskedLM(DebertaConfig.from_dict(info["generator_config"])),
-                      _take(state, "generator."), "generator")
-    disc_state = _take(state, "discriminator.")
-    word = "deberta.embeddings.word_embeddings."
-    shared = generator.deberta.embeddings.word_embeddings.weight.detach()
-    if info["embedding_sharing"] == "gdes":  # fold: E_disc = E_gen + delta
-        disc_state[word + "weight"] = shared + disc_state.pop(word + "delta")
-    elif info["embedding_sharing"] == "shared":
-        disc_state[word + "weight"] = shared.clone()
-    discriminator = _load(DebertaForReplacedTokenDetection(DebertaConfig.from_dict(info["discriminator_config"])),
-                          disc_state, "discriminator")
-    return discriminator, generator
-
-
-def convert(checkpoint_dir: str | Path, output: str | Path, step: int | None = None, fmt: str = "native") -> Path:
+def convert(checkpoint_dir: str | Path, output: str | Path, step: int | None = None,
+            fmt: str = "native") -> dict[str, Path]:
+    """Write the objective's model folders; returns them by name ("" is ``output`` itself)."""
     checkpoint = find_checkpoint(Path(checkpoint_dir), step)
     info = json.loads((checkpoint / CHECKPOINT_FILE).read_text(encoding="utf-8"))
     model_info = info["trainer"]["model"]
     tokenizer = load_tokenizer(checkpoint / "tokenizer")
-    model, generator = build_models(model_info, fp32_state_dict(checkpoint))
     output = Path(output)
     provenance = {"pretraining": {"checkpoint": str(checkpoint.resolve()), "step": info["step"],
                                   "objective": model_info["objective"],
                                   "embedding_sharing": model_info.get("embedding_sharing")}}
-    if fmt == "native":
-        save_model(model, output, tokenizer, extra=provenance)
-        if generator is not None:
-            save_model(generator, output / GENERATOR_FOLDER, tokenizer, extra=provenance)
-    else:
-        if isinstance(model, DebertaForReplacedTokenDetection):
-            backbone = build_model(model.config, "backbone")
-            backbone.load_state_dict(model.deberta.state_dict())
-            model = backbone
-        export_hf(model, output, tokenizer)
-        if generator is not None:
-            export_hf(generator, output / GENERATOR_FOLDER, tokenizer)
-    return output
+    written = {}
+    for folder, model in load_objective(checkpoint, model_info).export_models().items():
+        if fmt == "native":
+            written[folder] = save_model(model, output / folder, tokenizer, extra=provenance)
+        else:
+            written[folder] = export_hf(hf_exportable(model), output / folder, tokenizer)
+    return written
+
+
+def hf_exportable(model: DebertaPreTrained) -> DebertaPreTrained:
+    """transformers has no replaced-token-detection class: such a model goes out as its backbone."""
+    if model.head != "replaced_token_detection":
+        return model
+    backbone = build_model(model.config, "backbone")
+    backbone.load_state_dict(model.deberta.state_dict())
+    return backbone
+
+
+@dataclass
+class ConvertConfig:
+    checkpoints: str = required("the run's checkpoints folder (OUTPUT_DIR/checkpoints)")
+    output: str = required("model folder to write")
+    step: Optional[int] = option(None, "convert this step (default: the newest complete checkpoint)")
+    format: str = option("native", "native|hf")
+
+    def __post_init__(self):
+        if self.format not in ("native", "hf"):
+            raise ValueError(f"format={self.format!r}; allowed: native, hf")
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pretrain.convert", description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoints", help="the run's checkpoints folder (OUTPUT_DIR/checkpoints)")
-    parser.add_argument("--output", required=True, help="model folder to write")
-    parser.add_argument("--step", type=int, help="convert this step (default: the newest complete checkpoint)")
-    parser.add_argument("--format", choices=("native", "hf"), default="native")
-    args = parser.parse_args(argv)
+    command = Command("deberta-pretrain-convert", __doc__.split("\n\n")[0], {"convert": ConvertConfig})
+    args = command.parse(_positional(argv))["convert"]
     try:
-        output = convert(args.checkpoints, args.output, args.step, args.format)
+        written = convert(args.checkpoints, args.output, args.step, args.format)
     except (FileNotFoundError, RuntimeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
-    print(f"wrote {output}" + (f" (generator: {output / GENERATOR_FOLDER})" if (output / GENERATOR_FOLDER).is_dir()
-                               else ""))
+    for name, folder in written.items():
+        print(f"wrote {folder}" + (f" ({name})" if name else ""))
+
+
+def _positional(argv) -> list[str]:
+    """The checkpoints folder may come first without its flag, as it always has."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith("-"):
+        argv = ["--checkpoints", argv[0], *argv[1:]]
+    return argv
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from data_prep import ShardedDataset
+from deberta.cli import option
 
 from .masking import IGNORE, Masker
 
@@ -29,10 +30,10 @@ TRAIN_STREAM, VALID_STREAM = 0, 1
 
 @dataclass
 class DataConfig:
-    data_dir: str = ""
-    num_workers: int = 2  # loader processes per rank that read and mask ahead
-    prefetch_batches: int = 4  # micro-batches each worker keeps ready
-    eval_samples: int = 1024  # validation sequences per evaluation (all ranks together)
+    data_dir: str = option("", "folder written by `python -m data_prep shard` (required)")
+    num_workers: int = option(2, "loader processes per rank that read and mask ahead")
+    prefetch_batches: int = option(4, "micro-batches each worker keeps ready")
+    eval_samples: int = option(1024, "validation sequences per evaluation (all ranks together)")
 
     def __post_init__(self):
         if not self.data_dir:

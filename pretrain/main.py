@@ -4,20 +4,14 @@
         --objective rtd --data_dir data/ --output_dir runs/v3 --max_steps 500000
     deepspeed --num_gpus 2 pretrain/main.py ...          # no GPU: 2 CPU ranks over gloo
     deepspeed pretrain/main.py --recipe deberta-v3-base-rtd --data_dir data/ --output_dir runs/v3
+    deepspeed pretrain/main.py --config run.yaml         # flags in a YAML/JSON file
+    deepspeed pretrain/main.py --objective mypkg.objectives:MyObjective ...
     sbatch slurm/pretrain_xxlarge.sh                     # 16 nodes x 16 GPUs
 
 Starting again with the same --output_dir resumes from its newest complete checkpoint.
+The project must be installed (`pip install -e .`): this file imports the package.
 """
-import sys
-from pathlib import Path
-
-# Run as a script, sys.path[0] is pretrain/ itself: its module names (config, data, ...)
-# must not shadow top-level packages, and the repository root makes `pretrain` importable.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
-
-from pretrain.trainer import main  # noqa: E402
+from pretrain.trainer import main
 
 if __name__ == "__main__":
     main()

@@ -21,16 +21,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from deberta.cli import option
+
 IGNORE = -100
 
 
 @dataclass
 class MaskingConfig:
-    mask_prob: float = 0.15  # fraction of real tokens that become targets
-    replace_with_mask: float = 0.8  # of the targets: -> [MASK]
-    replace_with_random: float = 0.1  # of the targets: -> a random ordinary token; the rest stay
-    max_ngram: int = 1  # spans of 1..max_ngram whole words; 1 = whole-word masking
-    whole_word: bool = True  # False: every token is its own "word"
+    mask_prob: float = option(0.15, "fraction of real tokens that become targets")
+    replace_with_mask: float = option(0.8, "of the targets: -> [MASK]")
+    replace_with_random: float = option(0.1, "of the targets: -> a random ordinary token; the rest stay")
+    max_ngram: int = option(1, "spans of 1..max_ngram whole words; 1 = whole-word masking")
+    whole_word: bool = option(True, "false: every token is its own word")
 
     def __post_init__(self):
         if not 0.0 < self.mask_prob < 1.0:

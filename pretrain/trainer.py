@@ -1,60 +1,50 @@
-"""The pretraining loop: data -> objective -> DeepSpeed engine, with evaluation,
+"""The pretraining loop: data -> objective -> DeepSpeed engine(s), with evaluation,
 checkpoints, preemption and non-finite-loss handling. ``pretrain/main.py`` only calls
-``main()``.
+``main()``. The loop knows objectives only through ``pretrain.objectives.Objective``.
 
 One optimizer step = ``accumulation`` micro-batches on every rank:
     samples per step (G) = micro x accumulation x ranks
     tokens per step      = G x seq_len (less padding)
-Per step, one all-reduce carries the loss terms, accuracies, token counts and two flags
-(a non-finite loss, a SIGTERM on some rank), so every rank takes the same decision
-before the update: stop on a non-finite loss (fp32/bf16; fp16 lets the loss scaler skip
-the step), or save and exit 0 on SIGTERM.
+Per step, the objective's metric tensors, the token count and two flags (a non-finite
+loss, a SIGTERM on some rank) cross the ranks in one all-reduce and reach the host in one
+copy (``training.sync``), so every rank takes the same decision before the update: stop on
+a non-finite loss (fp32/bf16; fp16 lets the loss scaler skip the step), or save and exit 0
+on SIGTERM.
 """
 from __future__ import annotations
 
-import math
 import os
 import signal
 import sys
 import time
 from pathlib import Path
 
-import deepspeed
 import torch
 import torch.distributed as dist
-from deepspeed.accelerator import get_accelerator
 
 from data_prep import ShardedDataset
 from deberta import load_tokenizer
+from training.distributed import device, init_distributed, shutdown
+from training.ds_config import ConfigError, precision_of, resolve_ds_config, zero_stage
+from training.engine import build_engine, loss_scale, parameter_count
+from training.outputs import Outputs, Throughput, eta
+from training.sync import NonFiniteLoss, StepTotals, check_finite, stop_requested
 
 from .checkpoint import CheckpointManager, ResumeError
 from .config import TrainConfig, parse_args
 from .data import TRAIN_STREAM, VALID_STREAM, MaskedSequences, TrainOrder, train_loader, valid_batches
-from .engine import ConfigError, build_engine, resolve_ds_config, write_resolved_config, zero_stage
 from .masking import Masker
-from .metrics import AUC_BINS, Outputs, Throughput, all_reduce_sum, auc_from_histograms, eta, \
-    forward_flops_per_token
-from .objectives import RTDObjective, build_objective, discriminator_config, generator_config
 
-# Test hook: rank 0 multiplies its loss by NaN in this (1-based) step.
+# Test hook: rank 0's loss counts as NaN in this (1-based) step.
 INJECT_NONFINITE_ENV = "PRETRAIN_INJECT_NONFINITE_AT_STEP"
-# Fields of the per-step reduction, summed over micro-batches and ranks.
-STEP_FIELDS = ("loss", "mlm_loss", "rtd_loss", "mlm_correct", "mlm_count", "rtd_correct", "rtd_count",
-               "replaced", "tokens", "micro_batches", "nonfinite", "sigterm", "data_wait")
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
 
 
 class Trainer:
     def __init__(self, config: TrainConfig):
         self.config = config
         run = config.run
-        deepspeed.init_distributed()
-        self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        self.device = torch.device(get_accelerator().device_name(), get_accelerator().current_device()) \
-            if get_accelerator().device_name() == "cuda" else torch.device("cpu")
+        self.rank, self.world = init_distributed()
+        self.device = device()
         self.output_dir = Path(run.output_dir)
         self.out = Outputs(self.output_dir, self.rank, run.tensorboard)
 
@@ -76,61 +66,40 @@ class Trainer:
             if "valid" in train.manifest["splits"] else None
         self.seq_len = self.train_set.sequences.seq_len
 
-        # Model, engine. Every rank builds the same initial weights from the seed.
+        # Objective and engines. Every rank builds the same initial weights from the seed.
         torch.manual_seed(run.seed)
-        model = build_objective(config.objective, self.model_config)
+        self.objective = config.objective_class(config.objective, self.model_config)
         if run.activation_checkpointing:
-            for module in model.modules():
+            for module in self.objective.modules():
                 if hasattr(module, "gradient_checkpointing_enable"):
                     module.gradient_checkpointing_enable()
-        self.ds_config = resolve_ds_config(run.ds_config, run, config.optimizer, config.checkpoint, self.world)
+        self.ds_config = resolve_ds_config(config.engine, config.optimizer, self.world,
+                                           load_universal=config.checkpoint.universal_checkpoint)
         self.global_batch = self.ds_config["train_batch_size"]
         self.micro = self.ds_config["train_micro_batch_size_per_gpu"]
         self.accumulation = self.ds_config["gradient_accumulation_steps"]
-        self.precision = "fp16" if self.ds_config["fp16"]["enabled"] else \
-            "bf16" if self.ds_config["bf16"]["enabled"] else "fp32"
-        self.engine = build_engine(model, self.ds_config, config.optimizer, run.max_steps)
+        self.precision = precision_of(self.ds_config)
+        self.engines = {name: build_engine(module, self.ds_config, config.optimizer, run.max_steps)
+                        for name, module in self.objective.engine_modules().items()}
+        self.first_engine = next(iter(self.engines.values()))
         torch.manual_seed(run.seed * 1000 + self.rank + 1)  # dropout and sampling differ across ranks
 
         self.checkpoints = CheckpointManager(self.output_dir / "checkpoints", config.checkpoint.keep_checkpoints,
                                              self.rank, self.world)
         self.step, self.consumed, self.skipped, self.tokens_seen = 0, 0, 0, 0
         self.last_eval: dict = {}
-        self.last_step_record: dict = {}
         self.sigterm = False
         self.inject_step = int(os.environ.get(INJECT_NONFINITE_ENV, "0"))
-        self.flops_per_token = self._flops_per_token()
+        self.flops_per_token = self.objective.flops_per_token(self.seq_len, config.masking.mask_prob)
 
-    # --- set-up helpers -----------------------------------------------------------
-    def _flops_per_token(self) -> float:
-        """Training FLOPs per token: 3 x forward (the backward pass costs about twice the forward)."""
-        fraction = self.config.masking.mask_prob
-        if self.config.objective.objective == "mlm":
-            forward = forward_flops_per_token(self.model_config, self.seq_len, fraction, mlm_head=True)
-        else:
-            generator = generator_config(self.config.objective, self.model_config)
-            forward = forward_flops_per_token(generator, self.seq_len, fraction, mlm_head=True) + \
-                forward_flops_per_token(discriminator_config(self.model_config), self.seq_len, fraction, mlm_head=False)
-        return 3 * forward
-
-    def describe_model(self) -> dict:
-        """What conversion needs to rebuild the models from the checkpoint alone."""
-        info = {"objective": self.config.objective.objective, "model_config": self.model_config.to_dict()}
-        if isinstance(self.engine.module, RTDObjective):
-            info.update(discriminator_config=discriminator_config(self.model_config).to_dict(),
-                        generator_config=generator_config(self.config.objective, self.model_config).to_dict(),
-                        embedding_sharing=self.config.objective.embedding_sharing)
-        return info
-
-    def parameter_count(self) -> int:
-        # ZeRO-3 leaves each rank a shard; ds_numel is the full size.
-        return sum(getattr(p, "ds_numel", p.numel()) for p in self.engine.module.parameters())
-
+    # --- state ----------------------------------------------------------------------
     def trainer_state(self) -> dict:
         return {"step": self.step, "consumed_samples": self.consumed, "skipped_steps": self.skipped,
                 "tokens_seen": self.tokens_seen, "global_batch": self.global_batch, "world_size": self.world,
                 "zero_stage": zero_stage(self.ds_config), "precision": self.precision, "seed": self.config.run.seed,
-                "model": self.describe_model(), "config": self.config.to_dict()}
+                # what conversion needs to rebuild the models from the checkpoint alone
+                "model": {"objective": self.config.run.objective, **self.objective.describe()},
+                "config": self.config.to_dict()}
 
     def resume(self) -> None:
         self.checkpoints.clean_incomplete()
@@ -139,7 +108,7 @@ class Trainer:
         if latest is None:
             self.out.print(f"starting a new run in {self.output_dir}")
             return
-        state = self.checkpoints.load(self.engine, latest, self.config.checkpoint.universal_checkpoint)
+        state = self.checkpoints.load(self.engines, latest, self.config.checkpoint.universal_checkpoint)
         if state["seed"] != self.config.run.seed:
             raise ResumeError(f"{latest} was trained with --seed {state['seed']}, this run has "
                               f"{self.config.run.seed}: the data order and masking would change")
@@ -148,25 +117,25 @@ class Trainer:
         self.out.print(f"resumed from {latest}: step {self.step}, {self.consumed:,} samples consumed")
 
     def save(self) -> Path:
-        path = self.checkpoints.save(self.engine, self.step, self.trainer_state())
+        path = self.checkpoints.save(self.engines, self.step, self.trainer_state())
         if self.rank == 0:
-            self.tokenizer.save(_ensure_dir(path / "tokenizer"))
+            (path / "tokenizer").mkdir(exist_ok=True)
+            self.tokenizer.save(path / "tokenizer")
         dist.barrier()
         self.out.print(f"saved checkpoint {path}")
         return path
 
-    # --- the loop -----------------------------------------------------------------
+    # --- the loop -----------------------------------------------------------------------
     def train(self) -> int:
         run = self.config.run
         self.resume()
-        if self.rank == 0:
-            write_resolved_config(self.ds_config, _ensure_dir(self.output_dir) / "ds_config.resolved.json")
+        self.out.write_json("ds_config.resolved.json", self.ds_config)
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         self.out.print(
-            f"{self.config.objective.objective} | {self.world} ranks | global batch {self.global_batch} = micro "
+            f"{run.objective} | {self.world} ranks | global batch {self.global_batch} = micro "
             f"{self.micro} x accumulation {self.accumulation} x {self.world} ranks | seq {self.seq_len} | "
-            f"{self.precision} | ZeRO {zero_stage(self.ds_config)} | {self.parameter_count() / 1e6:.2f}M "
-            f"parameters | TensorBoard: {self.out.tensorboard_dir}")
+            f"{self.precision} | ZeRO {zero_stage(self.ds_config)} | "
+            f"{parameter_count(self.objective) / 1e6:.2f}M parameters | TensorBoard: {self.out.tensorboard_dir}")
         order = TrainOrder(len(self.train_set), run.seed, self.micro, self.accumulation, self.rank, self.world)
         batches = iter(train_loader(self.train_set, order, self.consumed, self.config.data,
                                     pin_memory=self.device.type == "cuda"))
@@ -176,15 +145,14 @@ class Trainer:
         exit_code = 0
         try:
             while self.step < run.max_steps:
-                totals = self.train_step(batches)
-                throughput.add(int(totals["tokens"]), totals["data_wait"] / self.world)
-                if totals["sigterm"]:
+                figures, stop = self.train_step(batches, throughput)
+                if stop:
                     self.out.print(f"SIGTERM: saving at step {self.step} and exiting")
                     self.save()
                     break
                 if self.step % run.log_interval == 0 or self.step == run.max_steps:
                     rate = (time.perf_counter() - started) / max(1, self.step - start_step)
-                    self.log_progress(totals, throughput, rate * (run.max_steps - self.step))
+                    self.log_progress(figures, throughput, rate * (run.max_steps - self.step))
                 if self.step % run.eval_interval == 0 or self.step == run.max_steps:
                     self.evaluate()
                 if self.step % self.config.checkpoint.save_interval == 0 or self.step == run.max_steps:
@@ -194,7 +162,7 @@ class Trainer:
             exit_code = 1
         finally:
             signal.signal(signal.SIGTERM, previous)
-        self.out.summary({
+        self.out.write_json("summary.json", {
             "status": "non-finite loss" if exit_code else ("preempted" if self.sigterm else "completed"),
             "step": self.step, "max_steps": run.max_steps, "consumed_samples": self.consumed,
             "tokens_seen": self.tokens_seen, "skipped_steps": self.skipped,
@@ -207,147 +175,90 @@ class Trainer:
     def _on_sigterm(self, signum, frame):
         self.sigterm = True
 
-    def train_step(self, batches) -> dict:
-        """One optimizer step of ``accumulation`` micro-batches; returns the reduced totals."""
-        engine, local = self.engine, dict.fromkeys(STEP_FIELDS, 0.0)
-        skipped_before = engine.skipped_steps
+    def train_step(self, batches, throughput: Throughput) -> tuple[dict, bool]:
+        """One optimizer step of ``accumulation`` micro-batches: (reported figures, stop requested)."""
+        totals = StepTotals(self.device)
+        skipped_before = self.first_engine.skipped_steps
         for micro_step in range(self.accumulation):
             waited = time.perf_counter()
             batch = {k: v.to(self.device, non_blocking=True) for k, v in next(batches).items()}
-            local["data_wait"] += time.perf_counter() - waited
-            loss, parts = engine(**batch)
+            totals.add({"data_wait": time.perf_counter() - waited})
+            metrics = self.objective.train_micro_batch(batch, self.engines)
             if self.inject_step == self.step + 1 and micro_step == 0 and self.rank == 0:
-                loss = loss * float("nan")
-            local["loss"] += loss.item()
-            local["nonfinite"] += 0.0 if math.isfinite(loss.item()) else 1.0
-            local["tokens"] += batch["attention_mask"].sum().item()
-            local["micro_batches"] += 1
-            for name in ("mlm_loss", "rtd_loss", "mlm_correct", "mlm_count", "rtd_correct", "rtd_count", "replaced"):
-                if name in parts:
-                    local[name] += float(parts[name])
-            if micro_step == self.accumulation - 1:  # before the update: agree over ranks
-                local["sigterm"] = float(self.sigterm)
-                totals = dict(zip(STEP_FIELDS, all_reduce_sum([local[k] for k in STEP_FIELDS], self.device)))
-                self._check_finite(totals["nonfinite"])
-            engine.backward(loss)
-            engine.step()  # the update happens in the last micro-step's call
+                metrics["loss"] = metrics["loss"] * float("nan")
+            totals.add_loss(metrics["loss"])
+            totals.add({**metrics, "tokens": batch["attention_mask"].sum(), "micro_batches": 1})
+            if micro_step == self.accumulation - 1:  # before the update: every rank agrees
+                reduced = totals.reduce(stop_requested=self.sigterm)
+                check_finite(reduced, self.step + 1, self.precision,
+                             f"Last checkpoint: {self.checkpoints.latest() or 'none'}. Lower --lr, check the "
+                             f"data, or resume from the checkpoint with another --seed.")
+            for engine in self.engines.values():
+                engine.step()  # the update happens in the last micro-step's call
         self.step += 1
         self.consumed += self.global_batch
-        self.tokens_seen += int(totals["tokens"])
-        overflowed = engine.skipped_steps > skipped_before
+        tokens = int(reduced["tokens"])
+        self.tokens_seen += tokens
+        throughput.add(tokens, float(reduced["data_wait"]) / self.world)
+        overflowed = self.first_engine.skipped_steps > skipped_before
         if overflowed:
             self.skipped += 1
             self.out.print(f"step {self.step}: fp16 overflow, update skipped, loss scale now "
-                           f"{self._loss_scale()} ({self.skipped} skipped so far)")
-        self._log_step(totals, overflowed)
-        return totals
+                           f"{loss_scale(self.first_engine)} ({self.skipped} skipped so far)")
+        figures = self.objective.summarize(reduced, training=True)
+        self.out.jsonl("metrics.jsonl", {"step": self.step, **figures, "lr": self.first_engine.get_lr()[0],
+                                         "samples": self.consumed, "skipped": overflowed})
+        return figures, stop_requested(reduced)
 
-    def _check_finite(self, nonfinite: float) -> None:
-        """fp32/bf16: a non-finite loss in any micro-batch on any rank stops every rank
-        before the update. fp16: the loss scaler skips the step instead."""
-        if nonfinite and self.precision != "fp16":
-            latest = self.checkpoints.latest()
-            raise NonFiniteLoss(
-                f"non-finite loss in step {self.step + 1} ({self.precision}); stopped before the update. "
-                f"Last checkpoint: {latest or 'none'}. Lower --lr, check the data, or resume from the "
-                f"checkpoint with another --seed.")
-
-    def _loss_scale(self):
-        """fp16's dynamic loss scale (None in fp32/bf16)."""
-        return float(self.engine.optimizer.cur_scale) if self.precision == "fp16" else None
-
-    def _log_step(self, totals: dict, overflowed: bool) -> None:
-        micro = totals["micro_batches"]
-        record = {"step": self.step, "loss": totals["loss"] / micro, "mlm_loss": totals["mlm_loss"] / micro,
-                  "mlm_acc": totals["mlm_correct"] / max(1, totals["mlm_count"]),
-                  "lr": self.engine.get_lr()[0], "samples": self.consumed, "skipped": overflowed}
-        if self.config.objective.objective == "rtd":
-            record.update(rtd_loss=totals["rtd_loss"] / micro,
-                          rtd_acc=totals["rtd_correct"] / max(1, totals["rtd_count"]),
-                          replaced_fraction=totals["replaced"] / max(1, totals["rtd_count"]))
-        self.out.jsonl("metrics.jsonl", record)
-        self.last_step_record = record
-
-    def log_progress(self, totals: dict, throughput: Throughput, remaining_s: float) -> None:
-        record = self.last_step_record
+    def log_progress(self, figures: dict, throughput: Throughput, remaining_s: float) -> None:
         tokens_per_s, tflops, data_wait = throughput.report()
-        grad_norm = self.engine.get_global_grad_norm()
+        grad_norm = self.first_engine.get_global_grad_norm()
         grad_norm = float(grad_norm) if grad_norm is not None else None
-        scale = self._loss_scale()
-        self.out.scalars("train", {
-            **{k: v for k, v in record.items() if k not in ("step", "skipped")},
-            "grad_norm": grad_norm, "loss_scale": scale, "skipped_steps": self.skipped,
-            "tokens_per_s": tokens_per_s, "model_tflops": tflops, "data_wait_fraction": data_wait}, self.step)
-        parts = f"mlm {record['mlm_loss']:.3f} acc {record['mlm_acc']:.3f}"
-        if "rtd_loss" in record:
-            parts += f" | rtd {record['rtd_loss']:.4f} acc {record['rtd_acc']:.3f}"
+        scale, lr = loss_scale(self.first_engine), self.first_engine.get_lr()[0]
+        self.out.scalars("train", {**figures, "lr": lr, "grad_norm": grad_norm, "loss_scale": scale,
+                                   "skipped_steps": self.skipped, "tokens_per_s": tokens_per_s,
+                                   "model_tflops": tflops, "data_wait_fraction": data_wait}, self.step)
         self.out.print(
-            f"step {self.step}/{self.config.run.max_steps} | loss {record['loss']:.4f} | {parts} | lr "
-            f"{record['lr']:.3g} | grad norm {grad_norm if grad_norm is None else f'{grad_norm:.3f}'}"
+            f"step {self.step}/{self.config.run.max_steps} | " + " | ".join(f"{k} {v:.4f}" for k, v in figures.items())
+            + f" | lr {lr:.3g} | grad norm {grad_norm if grad_norm is None else f'{grad_norm:.3f}'}"
             f"{'' if scale is None else f' | scale {scale:g}'} | skipped {self.skipped} | "
             f"{tokens_per_s:,.0f} tok/s | {tflops:.3f} TFLOP/s | data wait {data_wait:.0%} | samples {self.consumed:,} | "
             f"ETA {eta(remaining_s)}")
 
-    # --- evaluation ---------------------------------------------------------------
+    # --- evaluation -------------------------------------------------------------------
     def evaluate(self) -> dict:
         if self.valid_set is None or len(self.valid_set) == 0:
             return {}
-        engine, rtd = self.engine, self.config.objective.objective == "rtd"
-        sums = dict.fromkeys(("mlm_loss", "mlm_correct", "mlm_count", "rtd_loss", "rtd_correct", "rtd_count"), 0.0)
-        positive = torch.zeros(AUC_BINS, dtype=torch.float64)
-        negative = torch.zeros(AUC_BINS, dtype=torch.float64)
-        engine.eval()
+        totals = StepTotals(self.device)
+        for engine in self.engines.values():
+            engine.eval()
         devices = [self.device] if self.device.type == "cuda" else []
-        # The generator's sampling draws from a private, fixed stream: the same validation
-        # replacements every time, and the training RNG is left untouched.
+        # The objective's sampling (RTD's generator) draws from a private, fixed stream: the
+        # same validation replacements every time, and the training RNG is left untouched.
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.config.run.seed + 7919 * (self.rank + 1))
             for batch in valid_batches(self.valid_set, self.config.data, self.micro, self.rank, self.world):
                 batch = {k: v.to(self.device) for k, v in batch.items()}
-                _, parts = engine(**batch)
-                sums["mlm_loss"] += float(parts["mlm_loss"]) * parts["mlm_count"]
-                sums["mlm_correct"] += float(parts["mlm_correct"])
-                sums["mlm_count"] += parts["mlm_count"]
-                if rtd:
-                    sums["rtd_loss"] += float(parts["rtd_loss"]) * parts["rtd_count"]
-                    sums["rtd_correct"] += float(parts["rtd_correct"])
-                    sums["rtd_count"] += parts["rtd_count"]
-                    scores, targets = parts["rtd_scores"].cpu(), parts["rtd_targets"].cpu().bool()
-                    positive += torch.histc(scores[targets].double(), AUC_BINS, 0, 1)
-                    negative += torch.histc(scores[~targets].double(), AUC_BINS, 0, 1)
-        engine.train()
-        names = list(sums)
-        reduced = dict(zip(names, all_reduce_sum([sums[k] for k in names], self.device)))
-        result = {"step": self.step, "mlm_loss": reduced["mlm_loss"] / max(1, reduced["mlm_count"]),
-                  "mlm_acc": reduced["mlm_correct"] / max(1, reduced["mlm_count"])}
-        if rtd:
-            histograms = torch.cat([positive, negative]).to(self.device)
-            dist.all_reduce(histograms)
-            result.update(rtd_loss=reduced["rtd_loss"] / max(1, reduced["rtd_count"]),
-                          rtd_acc=reduced["rtd_correct"] / max(1, reduced["rtd_count"]),
-                          rtd_auc=auc_from_histograms(*histograms.cpu().split(AUC_BINS)))
-            result["loss"] = result["mlm_loss"] + self.config.objective.rtd_lambda * result["rtd_loss"]
-        else:
-            result["loss"] = result["mlm_loss"]
+                totals.add(self.objective.eval_batch(batch, self.engines))
+        for engine in self.engines.values():
+            engine.train()
+        result = {"step": self.step, **self.objective.summarize(totals.reduce(), training=False)}
         self.out.jsonl("eval.jsonl", result)
-        self.out.scalars("eval", {k: v for k, v in result.items() if k != "step"}, self.step)
+        self.out.scalars("eval", result, self.step)
         self.out.print("eval step {step}: ".format(**result) +
                        " | ".join(f"{k} {v:.4f}" for k, v in result.items() if k != "step"))
         self.last_eval = result
         return result
 
 
-def _ensure_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def main(argv=None) -> None:
     """Exit codes: 0 done (or saved on SIGTERM), 1 non-finite loss, 2 bad settings or checkpoint."""
+    config = parse_args(argv)
     try:
-        trainer = Trainer(parse_args(argv))
-        code = trainer.train()
+        code = Trainer(config).train()
     except (ConfigError, ResumeError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        code = 2
+    finally:
+        shutdown()
     sys.exit(code)

@@ -224,8 +224,37 @@ def test_nonfinite_loss_stops_before_the_update(corpus_shards, tmp_path):
     result = run_deepspeed(train_args(corpus_shards, tmp_path, max_steps=10, save_interval=2),
                            PRETRAIN_INJECT_NONFINITE_AT_STEP="5")
     assert result.returncode == 1, explain(result)
-    assert "non-finite loss in step 5 (fp32); stopped before the update" in result.stdout
+    assert "non-finite loss in step 5 (fp32)" in result.stdout and "stopped before the update" in result.stdout
     assert "Last checkpoint:" in result.stdout and "step_00000004" in result.stdout
     assert sorted(step_losses(tmp_path)) == [1, 2, 3, 4]
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "non-finite loss"
     assert not (tmp_path / "checkpoints" / "step_00000005").exists()
+
+
+def test_an_objective_from_outside_the_package_trains_resumes_and_exports(corpus_shards, tmp_path):
+    """--objective module:Class through the real launcher, trainer, checkpoint, resume and export."""
+    plugin = dict(objective="plain_mlm_objective:PlainMaskedLM", label_smoothing=0.1, max_steps=10,
+                  save_interval=5, eval_interval=10)
+    env = {"PYTHONPATH": str(REPO / "tests" / "pretrain")}
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    result = run_deepspeed(train_args(corpus_shards, straight, **plugin), **env)
+    assert result.returncode == 0, explain(result)
+    evals = read_jsonl(straight / "eval.jsonl")
+    assert sorted(evals[-1]) == ["accuracy", "loss", "step"] and evals[-1]["loss"] < evals[0]["loss"]
+    info = json.loads((straight / "checkpoints" / "step_00000010" / "checkpoint.json").read_text())
+    assert info["trainer"]["model"]["objective"] == plugin["objective"]
+    assert info["trainer"]["model"]["options"] == {"label_smoothing": 0.1}
+
+    # The same run stopped after step 5 and started again: the same losses from step 6 on.
+    first = run_deepspeed(train_args(corpus_shards, resumed, **plugin), PRETRAIN_INJECT_NONFINITE_AT_STEP="6", **env)
+    assert first.returncode == 1, explain(first)
+    result = run_deepspeed(train_args(corpus_shards, resumed, **plugin), **env)
+    assert result.returncode == 0 and "resumed from" in result.stdout, explain(result)
+    assert step_losses(resumed) == step_losses(straight)
+
+    converted = subprocess.run([sys.executable, "-m", "pretrain.convert", str(straight / "checkpoints"), "--output",
+                                str(tmp_path / "model")], cwd=REPO, env=cpu_env(**env), capture_output=True,
+                               text=True, timeout=300)
+    assert converted.returncode == 0, explain(converted)
+    model = load_model(tmp_path / "model")
+    assert model.head == "masked_lm" and model.config.emd_layers == 0

@@ -12,13 +12,12 @@ from pretrain_helpers import REPO, TINY_MODEL
 
 from deberta import DebertaConfig, load_tokenizer
 from pretrain.checkpoint import CHECKPOINT_FILE, LATEST, CheckpointManager
-from pretrain.config import RunConfig, TrainConfig, parse_args
-from pretrain.convert import build_models
+from pretrain.config import TrainConfig, parse_args
 from pretrain.data import TrainOrder
-from pretrain.engine import ConfigError, lr_factor, resolve_batch, resolve_ds_config, resolve_precision
 from pretrain.masking import IGNORE, Masker, MaskingConfig
 from pretrain.metrics import AUC_BINS, auc_from_histograms
-from pretrain.objectives import ObjectiveConfig, RTDObjective, SharedWordEmbedding, build_objective
+from pretrain.objectives import objective_class
+from pretrain.objectives.rtd import ReplacedTokenDetection, RTDOptions, SharedWordEmbedding
 from pretrain.recipes import RECIPES
 
 
@@ -101,83 +100,34 @@ def test_global_order_does_not_depend_on_the_number_of_ranks():
     assert epochs[0] != epochs[1]  # reshuffled
 
 
-# --- DeepSpeed config resolution -------------------------------------------------------
-def _run(**values):
-    return RunConfig(**values)
-
-
-def test_batch_resolution():
-    assert resolve_batch({"train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 1}, _run(), 4) == (32, 8, 1)
-    assert resolve_batch({"train_micro_batch_size_per_gpu": 8}, _run(global_batch_size=2048), 256) == (2048, 8, 1)
-    assert resolve_batch({"train_micro_batch_size_per_gpu": 8}, _run(global_batch_size=8192), 2) == (8192, 8, 512)
-    assert resolve_batch({}, _run(global_batch_size=64, grad_accum=2), 4) == (64, 8, 2)
-    with pytest.raises(ConfigError, match="do not multiply out"):
-        resolve_batch({}, _run(global_batch_size=64, micro_batch_size=8, grad_accum=2), 2)
-    with pytest.raises(ConfigError, match="train_batch_size in the DeepSpeed config=48"):
-        resolve_batch({"train_batch_size": 48, "train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 1},
-                      _run(), 4)
-    with pytest.raises(ConfigError, match="not a multiple"):
-        resolve_batch({"train_micro_batch_size_per_gpu": 8}, _run(global_batch_size=100), 4)
-    with pytest.raises(ConfigError, match="micro-batch size"):
-        resolve_batch({}, _run(global_batch_size=64), 4)
-
-
-def test_precision_resolution_on_cpu():
-    assert resolve_precision({}, _run()) == "fp32"
-    assert resolve_precision({"bf16": {"enabled": True}}, _run()) == "bf16"
-    assert resolve_precision({"bf16": {"enabled": True}}, _run(precision="fp32")) == "fp32"
-    if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="fp16 needs a GPU"):
-            resolve_precision({"fp16": {"enabled": True}}, _run())
-
-
-@pytest.mark.parametrize("path", sorted((REPO / "ds_configs").glob("zero*.json")), ids=lambda p: p.name)
-def test_every_shipped_ds_config_resolves(path):
-    args = parse_args(["--data_dir", "x", "--ds_config", str(path), "--precision", "fp32"])
-    ds = resolve_ds_config(str(path), args.run, args.optimizer, args.checkpoint, world=2)
-    stage = int(path.name[4])
-    assert ds["zero_optimization"]["stage"] == stage and ds["train_batch_size"] == 16
-    assert ds["gradient_clipping"] == 1.0 and not ds["fp16"]["enabled"] and not ds["bf16"]["enabled"]
-    assert ("offload" in path.name) == ("offload_optimizer" in ds["zero_optimization"])
-    raw = json.loads(path.read_text())
-    assert raw.get("fp16", {}).get("enabled", False) == ("fp16" in path.name)
-    assert raw.get("bf16", {}).get("enabled", False) == ("bf16" in path.name)
-
-
-def test_ds_config_with_an_optimizer_section_is_refused(tmp_path):
-    path = tmp_path / "ds.json"
-    path.write_text(json.dumps({"train_micro_batch_size_per_gpu": 2, "optimizer": {"type": "Adam"}}))
-    args = parse_args(["--data_dir", "x", "--ds_config", str(path)])
-    with pytest.raises(ConfigError, match="remove the 'optimizer' section"):
-        resolve_ds_config(str(path), args.run, args.optimizer, args.checkpoint, world=1)
-
-
+# --- configuration -------------------------------------------------------------------
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_every_recipe_parses(recipe):
     config = parse_args(["--data_dir", "x", "--recipe", recipe, "--lr", "1e-5"])
     assert isinstance(config, TrainConfig) and config.optimizer.lr == 1e-5  # flags win over the recipe
-    assert config.objective.objective == RECIPES[recipe]["objective"]
+    assert config.run.objective == RECIPES[recipe]["objective"]
     assert config.model_config().hidden_size == DebertaConfig.from_preset(RECIPES[recipe]["model_config"]).hidden_size
 
 
-def test_model_overrides_and_validation():
+def test_model_overrides_and_validation(capsys):
     config = parse_args(["--data_dir", "x", "--set_model", TINY_MODEL])
     model = config.model_config()
     assert (model.hidden_size, model.embedding_size, model.num_hidden_layers, model.emd_layers) == (64, 64, 2, 2)
-    with pytest.raises(ValueError, match="max_steps"):
-        parse_args(["--data_dir", "x", "--max_steps", "0"])
-    with pytest.raises(ValueError, match="embedding_sharing"):
-        parse_args(["--data_dir", "x", "--embedding_sharing", "tied"])
-
-
-def test_learning_rate_schedule():
-    factors = [lr_factor(s, warmup=10, max_steps=110) for s in range(110)]
-    assert factors[0] == pytest.approx(1 / 11) and factors[9] == pytest.approx(10 / 11)
-    assert factors[10] == 1.0 and factors[60] == pytest.approx(0.5) and factors[109] == pytest.approx(0.01)
-    assert all(a <= b for a, b in zip(factors[:10], factors[1:11]))
+    for flags, field in ((["--max_steps", "0"], "max_steps"),
+                         (["--objective", "rtd", "--embedding_sharing", "tied"], "embedding_sharing"),
+                         (["--embedding_sharing", "gdes"], "embedding_sharing"),  # an RTD flag, MLM run
+                         (["--objective", "nowhere:Objective"], "nowhere")):
+        with pytest.raises(SystemExit) as exit_info:
+            parse_args(["--data_dir", "x", *flags])
+        assert exit_info.value.code == 2
+        assert field in capsys.readouterr().err
 
 
 # --- objectives ------------------------------------------------------------------------
+def _rtd(**options):
+    return ReplacedTokenDetection(RTDOptions(**options), _tiny())
+
+
 def _tiny(**overrides):
     return DebertaConfig.from_preset("deberta-v3-base", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                      intermediate_size=64, vocab_size=100, max_position_embeddings=32,
@@ -203,8 +153,8 @@ def _grads(model, loss):
 
 def test_gdes_disentangles_the_embedding_gradients():
     torch.manual_seed(0)
-    model = build_objective(ObjectiveConfig(objective="rtd"), _tiny())
-    assert isinstance(model, RTDObjective)
+    model = _rtd()
+    assert objective_class("rtd") is ReplacedTokenDetection
     shared = model.discriminator.deberta.embeddings.word_embeddings
     assert isinstance(shared, SharedWordEmbedding) and torch.equal(shared.delta, torch.zeros_like(shared.delta))
     assert torch.equal(shared.weight, model.generator.deberta.embeddings.word_embeddings.weight)
@@ -228,24 +178,31 @@ def test_gdes_disentangles_the_embedding_gradients():
 
 def test_shared_embedding_trains_the_generator_table_from_both_losses():
     torch.manual_seed(0)
-    model = build_objective(ObjectiveConfig(objective="rtd", embedding_sharing="shared"), _tiny())
+    model = _rtd(embedding_sharing="shared")
     assert model.discriminator.deberta.embeddings.word_embeddings.delta is None
     loss = model.discriminator(_batch()["original_ids"], labels=torch.zeros(2, 16, dtype=torch.long)).loss
     generator_grad, _ = _grads(model, loss)
     assert generator_grad is not None and generator_grad.abs().max() > 0
-    separate = build_objective(ObjectiveConfig(objective="rtd", embedding_sharing="none"), _tiny())
+    separate = _rtd(embedding_sharing="none")
     assert not isinstance(separate.discriminator.deberta.embeddings.word_embeddings, SharedWordEmbedding)
 
 
 def test_rtd_labels_and_loss():
     torch.manual_seed(0)
-    model = build_objective(ObjectiveConfig(objective="rtd", rtd_lambda=50.0), _tiny())
+    model = _rtd(rtd_lambda=50.0)
     batch = _batch()
     torch.manual_seed(5)
     loss, parts = model(**batch)
-    assert loss.item() == pytest.approx(parts["mlm_loss"].item() + 50.0 * parts["rtd_loss"].item(), rel=1e-5)
     assert parts["mlm_count"] == 6 and parts["rtd_count"] == 32
     assert 0 <= parts["replaced"].item() <= 6  # only masked positions can be replaced
+    figures = model.summarize(parts, training=True)
+    assert loss.item() == pytest.approx(figures["mlm_loss"] + 50.0 * figures["rtd_loss"], rel=1e-5)
+    assert figures["loss"] == pytest.approx(loss.item(), rel=1e-5)
+    assert figures["replaced_fraction"] == parts["replaced"].item() / 32
+    model.eval()
+    _, parts = model(**batch)  # evaluation adds the AUC histograms of every real token
+    assert parts["auc_replaced"].sum() + parts["auc_original"].sum() == 32
+    assert 0 <= model.summarize(parts, training=False)["rtd_auc"] <= 1 or parts["auc_replaced"].sum() == 0
 
 
 # --- metrics ---------------------------------------------------------------------------
@@ -275,16 +232,21 @@ def test_latest_skips_incomplete_checkpoints(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [LATEST, "step_00000005", "step_00000010"]
 
 
-def test_conversion_folds_the_gdes_delta():
+def test_export_folds_the_gdes_delta_and_rebuilds_from_the_description():
     torch.manual_seed(0)
-    objective = build_objective(ObjectiveConfig(objective="rtd"), _tiny())
+    objective = _rtd()
     with torch.no_grad():
         objective.discriminator.deberta.embeddings.word_embeddings.delta.normal_()
-    state = objective.state_dict()
-    info = {"objective": "rtd", "embedding_sharing": "gdes",
-            "generator_config": objective.generator.config.to_dict(),
-            "discriminator_config": objective.discriminator.config.to_dict()}
-    discriminator, generator = build_models(info, state)
+    rebuilt = ReplacedTokenDetection.from_description(json.loads(json.dumps(objective.describe())))
+    rebuilt.load_state_dict(objective.state_dict())
+    models = rebuilt.export_models()
+    assert sorted(models) == ["", "generator"]
+    discriminator, generator = models[""], models["generator"]
+    word = discriminator.deberta.embeddings.word_embeddings
+    assert isinstance(word, torch.nn.Embedding)  # a plain table: E_gen + delta
+    expected = objective.generator.deberta.embeddings.word_embeddings.weight + \
+        objective.discriminator.deberta.embeddings.word_embeddings.delta
+    assert torch.equal(word.weight, expected)
     ids = _batch()["original_ids"]
     with torch.no_grad():
         assert torch.allclose(discriminator(ids).logits, objective.discriminator.eval()(ids).logits)

@@ -1,0 +1,174 @@
+"""Replaced-token detection (ELECTRA-style, DeBERTa-v3).
+
+A generator (an MLM model, by default the discriminator's shape at half its depth)
+predicts the masked tokens; a token is sampled from its softmax at each masked position;
+the discriminator sees the original sequence with those samples in place and classifies
+every real token as replaced or original (a sample equal to the original counts as
+original).
+
+    loss = generator MLM loss + rtd_lambda x discriminator BCE      (lambda = 50 in v3)
+
+Embedding sharing between the two (``embedding_sharing``):
+  gdes   the discriminator's word embedding = stop_gradient(generator's) + delta, delta
+         initialised to zero: the discriminator's loss moves only delta, the generator's
+         only the shared table (gradient-disentangled embedding sharing, v3's default)
+  shared one table, trained by both losses (ELECTRA)
+  none   two independent tables
+Export folds the delta: the discriminator's folder holds one plain table, E_gen + delta.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import deepspeed
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deberta import DebertaConfig, DebertaForMaskedLM, DebertaForReplacedTokenDetection
+from deberta.cli import option
+
+from ..metrics import AUC_BINS, auc_from_histograms, forward_flops_per_token
+from . import Objective, training_flops
+from .mlm import mlm_figures, mlm_metrics, tie_output_to_embedding
+
+SHARING = ("gdes", "shared", "none")
+
+
+@dataclass
+class RTDOptions:
+    rtd_lambda: float = option(50.0, "weight of the discriminator loss")
+    embedding_sharing: str = option("gdes", "gdes|shared|none: how generator and discriminator share the "
+                                            "word embedding")
+    generator_config: str = option("", "generator architecture: preset name or JSON file "
+                                       "(default: the discriminator at half depth)")
+    sampling_temperature: float = option(1.0, "of the generator's softmax when sampling replacements")
+
+    def __post_init__(self):
+        if self.embedding_sharing not in SHARING:
+            raise ValueError(f"embedding_sharing={self.embedding_sharing!r}; allowed: {SHARING}")
+        if self.rtd_lambda <= 0 or self.sampling_temperature <= 0:
+            raise ValueError(f"rtd_lambda={self.rtd_lambda} and sampling_temperature="
+                             f"{self.sampling_temperature} must be > 0")
+
+
+class SharedWordEmbedding(nn.Module):
+    """The discriminator's word embedding, read from the generator's table.
+
+    With ``gdes`` the lookup is into stop_gradient(source) + delta. The source is not a
+    submodule (its weight belongs to the generator and appears once in the state dict).
+    """
+
+    def __init__(self, source: nn.Embedding, gdes: bool):
+        super().__init__()
+        self._source = (source,)  # a tuple hides it from module registration
+        self.padding_idx = source.padding_idx
+        self.delta = nn.Parameter(torch.zeros_like(source.weight)) if gdes else None
+        deepspeed.zero.register_external_parameter(self, source.weight)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The effective table (used when folding the delta at export)."""
+        source = self._source[0].weight
+        return source.detach() + self.delta if self.delta is not None else source
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(input_ids, self.weight, self.padding_idx)
+
+
+def discriminator_config(model_config: DebertaConfig) -> DebertaConfig:
+    # The RTD head never uses absolute positions: no enhanced mask decoder, no table.
+    return DebertaConfig.from_dict({**model_config.to_dict(), "emd_layers": 0})
+
+
+def generator_config(options: RTDOptions, model_config: DebertaConfig) -> DebertaConfig:
+    if options.generator_config:
+        generator = DebertaConfig.from_json(options.generator_config)
+        return DebertaConfig.from_dict({**generator.to_dict(), "vocab_size": model_config.vocab_size,
+                                        "attention_backend": model_config.attention_backend})
+    return DebertaConfig.from_dict({**model_config.to_dict(),
+                                    "num_hidden_layers": max(1, model_config.num_hidden_layers // 2)})
+
+
+class ReplacedTokenDetection(Objective):
+    Options = RTDOptions
+
+    def __init__(self, options: RTDOptions, model_config: DebertaConfig, generator: DebertaConfig | None = None):
+        super().__init__(options, model_config)
+        discriminator = discriminator_config(model_config)
+        generator = generator or generator_config(options, model_config)
+        if options.embedding_sharing != "none":
+            for name in ("vocab_size", "embedding_size", "pad_token_id"):
+                if getattr(generator, name) != getattr(discriminator, name):
+                    raise ValueError(f"embedding sharing needs the same {name} in generator "
+                                     f"({getattr(generator, name)}) and discriminator ({getattr(discriminator, name)})")
+        self.generator = DebertaForMaskedLM(generator)
+        tie_output_to_embedding(self.generator)
+        self.discriminator = DebertaForReplacedTokenDetection(discriminator)
+        if options.embedding_sharing != "none":
+            self.discriminator.deberta.embeddings.word_embeddings = SharedWordEmbedding(
+                self.generator.deberta.embeddings.word_embeddings, gdes=options.embedding_sharing == "gdes")
+
+    # The keys of checkpoints written before objectives were plugins, so those still convert.
+    def describe(self):
+        return {**super().describe(), "discriminator_config": self.discriminator.config.to_dict(),
+                "generator_config": self.generator.config.to_dict(),
+                "embedding_sharing": self.options.embedding_sharing}
+
+    @classmethod
+    def from_description(cls, description):
+        options = RTDOptions(**{**description.get("options", {}),
+                                "embedding_sharing": description["embedding_sharing"], "generator_config": ""})
+        return cls(options, DebertaConfig.from_dict(description["model_config"]),
+                   generator=DebertaConfig.from_dict(description["generator_config"]))
+
+    def forward(self, input_ids, attention_mask, labels, original_ids):
+        generated = self.generator(input_ids, attention_mask, labels=labels)
+        targets = labels != -100
+        with torch.no_grad():
+            probs = F.softmax(generated.logits.float() / self.options.sampling_temperature, dim=-1)
+            sampled = torch.multinomial(probs, 1).squeeze(-1) if probs.shape[0] else labels[targets]
+            replaced_ids = original_ids.clone()
+            replaced_ids[targets] = sampled
+            rtd_labels = (replaced_ids != original_ids).long()
+        judged = self.discriminator(replaced_ids, attention_mask, labels=rtd_labels)
+        loss = generated.loss + self.options.rtd_lambda * judged.loss
+
+        real = attention_mask.bool()
+        count = real.sum()
+        metrics = {**mlm_metrics(generated.logits, generated.loss, labels),
+                   "rtd_loss_sum": judged.loss.detach().double() * count, "rtd_count": count,
+                   "rtd_correct": ((judged.logits.detach() > 0) == rtd_labels.bool())[real].sum(),
+                   "replaced": rtd_labels[real].sum()}
+        if not self.training:  # score histograms of replaced and original tokens, for the AUC
+            scores = torch.sigmoid(judged.logits.detach().float())[real].double()
+            replaced = rtd_labels[real].bool()
+            metrics["auc_replaced"] = torch.histc(scores[replaced], AUC_BINS, 0, 1)
+            metrics["auc_original"] = torch.histc(scores[~replaced], AUC_BINS, 0, 1)
+        return loss, metrics
+
+    def summarize(self, totals, training):
+        figures = mlm_figures(totals)
+        count = max(1.0, float(totals["rtd_count"]))
+        figures.update(rtd_loss=float(totals["rtd_loss_sum"]) / count, rtd_acc=float(totals["rtd_correct"]) / count)
+        if training:
+            figures["replaced_fraction"] = float(totals["replaced"]) / count
+        else:
+            figures["rtd_auc"] = auc_from_histograms(totals["auc_replaced"], totals["auc_original"])
+        return {**figures, "loss": figures["mlm_loss"] + self.options.rtd_lambda * figures["rtd_loss"]}
+
+    def flops_per_token(self, seq_len, target_fraction):
+        return training_flops(
+            forward_flops_per_token(self.generator.config, seq_len, target_fraction, mlm_head=True)
+            + forward_flops_per_token(self.discriminator.config, seq_len, target_fraction, mlm_head=False))
+
+    def export_models(self):
+        """The discriminator with a plain word embedding (E_gen + delta under GDES), and the generator."""
+        discriminator = DebertaForReplacedTokenDetection(self.discriminator.config)
+        state = self.discriminator.state_dict()
+        word = "deberta.embeddings.word_embeddings."
+        if self.options.embedding_sharing != "none":
+            state.pop(word + "delta", None)
+            state[word + "weight"] = self.discriminator.deberta.embeddings.word_embeddings.weight.detach().clone()
+        discriminator.load_state_dict(state)
+        return {"": discriminator.eval(), "generator": self.generator.eval()}
