@@ -30,7 +30,6 @@ from typing import Iterator
 import pyarrow
 import pyarrow.parquet
 
-FORMATS = ("txt", "jsonl", "parquet", "arrow")
 PROBLEM_KINDS = ("invalid_utf8", "empty_document", "broken_json", "missing_text_field",
                  "unreadable_file")
 
