@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_file, atomic_write
@@ -76,9 +77,24 @@ def save_model(model: DebertaPreTrained, folder: str | Path, tokenizer=None, ext
     return folder
 
 
+def read_config(path: str | Path) -> tuple[DebertaConfig, str]:
+    """(config, head) of a native, Hugging Face or official folder, without loading its weights.
+
+    A native folder's config.json says everything. Hugging Face and official folders need
+    the weight names too (the head, the v1 layout, whether decoder positions are stored):
+    safetensors files and a sharded index give them without reading any tensor, and a
+    pytorch_model.bin is memory-mapped (a zip-format file: only its index is read).
+    """
+    config, head, _ = _read_folder(Path(path), weights=False)
+    return config, head
+
+
 def read_folder(path: str | Path) -> tuple[DebertaConfig, str, dict[str, torch.Tensor]]:
     """(config, head, state dict in native names) of a native, Hugging Face or official folder."""
-    path = Path(path)
+    return _read_folder(Path(path), weights=True)
+
+
+def _read_folder(path: Path, weights: bool):
     if not path.exists():
         raise FileNotFoundError(f"model folder not found: {path}")
     config_path = path / CONFIG_FILE
@@ -92,21 +108,21 @@ def read_folder(path: str | Path) -> tuple[DebertaConfig, str, dict[str, torch.T
                 config = DebertaConfig.from_dict(values["config"])
             except (TypeError, ValueError) as error:
                 raise CheckpointError(f"{config_path}: {error}") from None
-            return config, values["head"], load_file(str(path / WEIGHTS_FILE))
+            return config, values["head"], load_file(str(path / WEIGHTS_FILE)) if weights else None
         if values.get("model_type") in ("deberta", "deberta-v2"):
-            state = _read_hf_weights(path)
+            state = _read_hf_weights(path) if weights else _hf_weight_names(path)
             config = _config_from_reference(values, state, config_path)
-            return config, _hf_head(values, state), reference_to_native(state, config)
+            return config, _hf_head(values, state), reference_to_native(state, config) if weights else None
         raise CheckpointError(f"{config_path}: neither a native model folder (format={NATIVE_FORMAT!r}) nor a "
                               f"Hugging Face DeBERTa one (model_type 'deberta' or 'deberta-v2')")
     if (path / OFFICIAL_WEIGHTS_FILE).is_file() and (path / OFFICIAL_CONFIG_FILE).is_file():
         values = _read_json(path / OFFICIAL_CONFIG_FILE)
-        state = torch.load(path / OFFICIAL_WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        state = _torch_load(path / OFFICIAL_WEIGHTS_FILE, mmap=not weights)
         # Official configs do not name the version; v2 introduced the separate projections.
         model_type = "deberta" if any(k.endswith("attention.self.in_proj.weight") for k in state) else "deberta-v2"
         values = {**values, "model_type": model_type}
         config = _config_from_reference(values, state, path / OFFICIAL_CONFIG_FILE)
-        return config, _hf_head(values, state), reference_to_native(state, config)
+        return config, _hf_head(values, state), reference_to_native(state, config) if weights else None
     raise FileNotFoundError(f"{path}: no {CONFIG_FILE}, and no official {OFFICIAL_WEIGHTS_FILE} with "
                             f"{OFFICIAL_CONFIG_FILE}")
 
@@ -169,8 +185,33 @@ def _read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
             state.update(load_file(str(path / shard)))
         return state
     if (path / "pytorch_model.bin").is_file():
-        return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        return _torch_load(path / "pytorch_model.bin", mmap=False)
     raise FileNotFoundError(f"{path}: no {WEIGHTS_FILE}, sharded safetensors index or pytorch_model.bin")
+
+
+def _hf_weight_names(path: Path) -> dict[str, None] | dict[str, torch.Tensor]:
+    """The weight names of a Hugging Face folder (what the config derivation looks at), read
+    without loading tensors where the format allows it."""
+    if (path / WEIGHTS_FILE).is_file():
+        with safe_open(str(path / WEIGHTS_FILE), framework="pt") as f:
+            return dict.fromkeys(f.keys())
+    index = path / (WEIGHTS_FILE + ".index.json")
+    if index.is_file():
+        return dict.fromkeys(_read_json(index)["weight_map"])
+    if (path / "pytorch_model.bin").is_file():
+        return _torch_load(path / "pytorch_model.bin", mmap=True)
+    raise FileNotFoundError(f"{path}: no {WEIGHTS_FILE}, sharded safetensors index or pytorch_model.bin")
+
+
+def _torch_load(file: Path, mmap: bool) -> dict[str, torch.Tensor]:
+    """A pickled state dict. ``mmap``: the tensors stay on disk until touched (zip-format files,
+    PyTorch >= 1.6); an older, non-zip file cannot be mapped and is loaded whole."""
+    if mmap:
+        try:
+            return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:
+            pass  # the legacy (non-zip) format
+    return torch.load(file, map_location="cpu", weights_only=True)
 
 
 def _hf_head(values: dict, state: dict) -> str:
