@@ -2,8 +2,9 @@
 
     python -m finetune --task sst-2 --data_dir glue/SST-2 --model models/v3 --output_dir ft/sst2
 
-``FinetuneConfig`` holds every option, ``Trainer(config).train()`` runs it, and tasks
-live in ``finetune.tasks`` behind a registry.
+``FinetuneConfig`` holds the run's sections (the task's ``TaskConfig``, and the optimizer
+and engine settings shared with pretraining), ``Trainer(config).train()`` runs it on the
+shared training core (``training``), and tasks live in ``finetune.tasks`` behind a registry.
 """
 from .config import FinetuneConfig
 from .trainer import Trainer

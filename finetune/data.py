@@ -6,12 +6,15 @@ such as ``dev.tsv, line 17: label 'maybe' is not one of ['0', '1']`` points at t
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
+
+from deberta.atomic import atomic_write
 
 TABLE_SUFFIXES = (".tsv", ".csv", ".jsonl", ".json")
 
@@ -87,6 +90,13 @@ def _read_jsonl(path: Path) -> list[Row]:
                 raise DataError(f"{path}, line {line_number}: expected a JSON object, got {type(values).__name__}")
             rows.append(Row(values, line_number))
     return rows
+
+
+def write_tsv(path: Path, rows) -> Path:
+    """Rows (the header first) as a tab-separated file, written atomically."""
+    text = io.StringIO()
+    csv.writer(text, delimiter="\t", lineterminator="\n").writerows(rows)
+    return atomic_write(path, text.getvalue())
 
 
 def require_columns(path: Path, rows: list[Row], columns: list[str]) -> None:

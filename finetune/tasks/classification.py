@@ -1,7 +1,6 @@
 """Sentence and sentence-pair classification or regression: the GLUE tasks and custom tables."""
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -10,7 +9,7 @@ import numpy as np
 import torch.nn.functional as F
 
 from .. import metrics as M
-from ..data import DataError, Row, Split, TruncationCounter, read_table, require_columns
+from ..data import DataError, Row, Split, TruncationCounter, read_table, require_columns, write_tsv
 from .base import Task, register
 
 
@@ -138,12 +137,9 @@ class TableClassificationTask(Task):
         submission = dict(self.spec.submission_names).get(split.name)
         name = f"{submission}.tsv" if submission and not split.has_labels else f"predictions_{split.name}.tsv"
         path = folder / name
-        with open(path, "w", encoding="utf-8", newline="") as f:
-            writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-            writer.writerow(["index", "prediction"] + (["label"] if split.has_labels else []))
-            for p in predictions:
-                writer.writerow([p.index, p.prediction] + ([p.label] if split.has_labels else []))
-        return path
+        header = ["index", "prediction"] + (["label"] if split.has_labels else [])
+        return write_tsv(path, [header] + [[p.index, p.prediction] + ([p.label] if split.has_labels else [])
+                                           for p in predictions])
 
     def divergence(self, perturbed, clean, batch):
         if self.spec.is_regression:  # one real output: no distribution to compare

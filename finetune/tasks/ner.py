@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deberta.atomic import atomic_write
+
 from .. import metrics as M
 from ..data import DataError, Split, TruncationCounter
 from ..sift import symmetric_kl
@@ -126,12 +128,12 @@ class NerTask(Task):
     def write_predictions(self, split: Split, predictions: list[list[str]], folder: Path) -> Path:
         """CoNLL columns: word, gold tag (labelled splits), predicted tag."""
         path = folder / f"predictions_{split.name}.txt"
-        with open(path, "w", encoding="utf-8") as f:
-            for (sentence, _), tags in zip(split.examples, predictions):
-                for i, (word, tag) in enumerate(zip(sentence.words, tags)):
-                    f.write(" ".join([word] + ([sentence.tags[i]] if sentence.tags else []) + [tag]) + "\n")
-                f.write("\n")
-        return path
+        lines = []
+        for (sentence, _), tags in zip(split.examples, predictions):
+            for i, (word, tag) in enumerate(zip(sentence.words, tags)):
+                lines.append(" ".join([word] + ([sentence.tags[i]] if sentence.tags else []) + [tag]) + "\n")
+            lines.append("\n")
+        return atomic_write(path, "".join(lines))
 
     def divergence(self, perturbed: torch.Tensor, clean: torch.Tensor, batch: dict) -> torch.Tensor:
         """Per-token distributions, counting the real tokens only."""

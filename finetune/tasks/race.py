@@ -8,7 +8,6 @@ scores the options against each other.
 """
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import metrics as M
-from ..data import DataError, Split, TruncationCounter
+from ..data import DataError, Split, TruncationCounter, write_tsv
 from .base import Task, register
 
 LETTERS = "ABCDEFGHIJ"
@@ -126,9 +125,6 @@ class RaceTask(Task):
 
     def write_predictions(self, split: Split, predictions, folder: Path) -> Path:
         path = folder / f"predictions_{split.name}.tsv"
-        with open(path, "w", encoding="utf-8", newline="") as f:
-            writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-            writer.writerow(["id", "prediction"] + (["label"] if split.has_labels else []))
-            for q, p in zip(split.examples, predictions):
-                writer.writerow([q.qid, LETTERS[p]] + ([LETTERS[q.answer]] if split.has_labels else []))
-        return path
+        header = ["id", "prediction"] + (["label"] if split.has_labels else [])
+        return write_tsv(path, [header] + [[q.qid, LETTERS[p]] + ([LETTERS[q.answer]] if split.has_labels else [])
+                                           for q, p in zip(split.examples, predictions)])

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deberta.atomic import atomic_write
+
 from .. import metrics as M
 from ..data import DataError, Split, TruncationCounter
 from ..sift import symmetric_kl
@@ -216,9 +218,9 @@ class SquadTask(Task):
         """The official formats: {id: answer text}, and for 2.0 {id: no-answer odds}."""
         answers, odds = predictions
         path = folder / f"predictions_{split.name}.json"
-        path.write_text(json.dumps(answers, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        atomic_write(path, json.dumps(answers, indent=1, ensure_ascii=False) + "\n")
         if odds is not None:
-            (folder / f"null_odds_{split.name}.json").write_text(json.dumps(odds, indent=1) + "\n", encoding="utf-8")
+            atomic_write(folder / f"null_odds_{split.name}.json", json.dumps(odds, indent=1) + "\n")
         return path
 
     def divergence(self, perturbed: torch.Tensor, clean: torch.Tensor, batch: dict) -> torch.Tensor:

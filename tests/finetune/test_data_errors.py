@@ -1,5 +1,4 @@
 """Inputs that go wrong get a message naming the file and row, or a printed truncation count."""
-import logging
 import re
 
 import pytest
@@ -8,11 +7,11 @@ from finetune import FinetuneConfig, Trainer
 from finetune.data import DataError
 from finetune.main import main
 
-FAST = dict(batch_size=4, max_steps=1, progress_bar=False, tensorboard=False, max_seq_length=32)
+FAST = dict(micro_batch_size=4, max_steps=1, progress_bar=False, tensorboard=False, max_seq_length=32)
 
 
 def trainer(tmp_path, **fields) -> Trainer:
-    return Trainer(FinetuneConfig(output_dir=str(tmp_path / "out"), **{**FAST, **fields}))
+    return Trainer(FinetuneConfig.create(output_dir=str(tmp_path / "out"), **{**FAST, **fields}))
 
 
 def test_unknown_label_in_dev_names_file_and_line(tmp_path, tiny_model, write_tsv):
@@ -56,25 +55,23 @@ def test_unknown_ner_tag_in_dev(tmp_path, tiny_model):
         trainer(tmp_path, task="ner", data_dir=str(tmp_path), model=tiny_model)
 
 
-def test_long_sequences_are_truncated_with_a_count(tmp_path, tiny_model, write_tsv, caplog):
+def test_long_sequences_are_truncated_with_a_count(tmp_path, tiny_model, write_tsv, capsys):
     long_text = " ".join(["word"] * 100)
     write_tsv(tmp_path / "train.tsv", ["sentence", "label"], [(long_text, 1), ("short", 0), (long_text, 0)])
     write_tsv(tmp_path / "dev.tsv", ["sentence", "label"], [("short", 1)])
-    with caplog.at_level(logging.INFO, logger="finetune"):
-        t = trainer(tmp_path, task="sst-2", data_dir=str(tmp_path), model=tiny_model)
+    t = trainer(tmp_path, task="sst-2", data_dir=str(tmp_path), model=tiny_model)
     assert re.search(r"train\.tsv: truncated 2 of 3 sequences to max_seq_length=32 tokens \(longest: \d{3}\)",
-                     caplog.text)
+                     capsys.readouterr().out)
     assert max(len(f["input_ids"]) for f in t.train_split.features) == 32
     t.train()
 
 
-def test_long_ner_sentence_predicts_o_for_words_that_do_not_fit(tmp_path, tiny_model, caplog):
+def test_long_ner_sentence_predicts_o_for_words_that_do_not_fit(tmp_path, tiny_model, capsys):
     sentence = "".join(f"w{i} O\n" for i in range(40)) + "Paris B-LOC\n"
     (tmp_path / "train.txt").write_text(sentence + "\n")
     (tmp_path / "dev.txt").write_text(sentence)
-    with caplog.at_level(logging.INFO, logger="finetune"):
-        t = trainer(tmp_path, task="ner", data_dir=str(tmp_path), model=tiny_model)
-    assert "words beyond max_seq_length are predicted 'O'" in caplog.text
+    t = trainer(tmp_path, task="ner", data_dir=str(tmp_path), model=tiny_model)
+    assert "words beyond max_seq_length are predicted 'O'" in capsys.readouterr().out
     t.train()
     lines = (tmp_path / "out" / "predictions_dev.txt").read_text().split()
     assert lines[-3:] == ["Paris", "B-LOC", "O"]
@@ -95,15 +92,17 @@ def test_absolute_positions_cap_the_length(tmp_path, write_tsv, spm_model):
 
 @pytest.mark.parametrize("fields, message", [
     (dict(task="mrpcc"), "--task='mrpcc' is invalid"),
-    (dict(precision="fp8"), "--precision='fp8' is invalid"),
+    (dict(precision="fp8"), "precision='fp8'; allowed"),
     (dict(task="custom"), "--task custom needs --text_cols"),
-    (dict(warmup_ratio=1.5), "--warmup_ratio=1.5 is invalid"),
+    (dict(warmup_ratio=1.5), r"warmup_ratio=1.5 must be a fraction in \[0, 1\)"),
+    (dict(learning_rate=0.0), "lr=0.0 must be > 0"),
+    (dict(nonsense=1), r"unknown finetuning settings \['nonsense'\]"),
     (dict(sift_lambda=0.0), "--sift_lambda=0.0 is invalid"),
 ])
 def test_config_is_validated(fields, message):
     base = dict(task="sst-2", model="m", output_dir="o", data_dir="d")
     with pytest.raises(ValueError, match=message):
-        FinetuneConfig(**{**base, **fields})
+        FinetuneConfig.create(**{**base, **fields})
 
 
 def test_command_line_reports_data_errors(tmp_path, tiny_model, capsys):

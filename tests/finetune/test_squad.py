@@ -8,9 +8,9 @@ from finetune.tasks import build_task
 
 
 def squad_task(task, spm_model, **fields):
-    config = FinetuneConfig(task=task, model="unused", output_dir="unused", train="unused",
+    config = FinetuneConfig.create(task=task, model="unused", output_dir="unused", train="unused",
                             **{"max_seq_length": 32, "doc_stride": 8, **fields})
-    return build_task(config, load_tokenizer(spm_model))
+    return build_task(config.run, load_tokenizer(spm_model))
 
 
 def oracle_logits(split, answered=True):

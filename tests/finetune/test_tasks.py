@@ -6,12 +6,12 @@ import pytest
 from finetune import FinetuneConfig, Trainer
 from finetune.main import main
 
-FAST = dict(batch_size=4, eval_batch_size=8, learning_rate=1e-3, progress_bar=False, tensorboard=False,
+FAST = dict(micro_batch_size=4, eval_batch_size=8, lr=1e-3, progress_bar=False, tensorboard=False,
             max_seq_length=64)
 
 
 def run(tmp_path, **fields) -> dict:
-    config = FinetuneConfig(output_dir=str(tmp_path / "out"), **{**FAST, **fields})
+    config = FinetuneConfig.create(output_dir=str(tmp_path / "out"), **{**FAST, **fields})
     return Trainer(config).train()
 
 
@@ -33,7 +33,7 @@ def test_glue_sentence_task_learns_and_writes_submission(tmp_path, tiny_model, s
     assert (out / "best" / "model.safetensors").is_file()
     stored = json.loads((out / "best" / "config.json").read_text())
     assert stored["head"] == "sequence_classification" and stored["finetune"]["labels"] == ["0", "1"]
-    history = [json.loads(line) for line in (out / "eval_history.jsonl").read_text().splitlines()]
+    history = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
     assert len(history) == 8 and max(h["accuracy"] for h in history) == best["accuracy"]
 
 
@@ -89,7 +89,7 @@ def test_custom_regression_keeps_the_lowest_mse(tmp_path, tiny_model, write_tsv)
     write_tsv(tmp_path / "dev.tsv", ["text", "y"], rows)
     best = run(tmp_path, task="custom", data_dir=str(tmp_path), text_cols="text", label_col="y", regression=True,
                model=tiny_model, max_steps=4, eval_steps=1, metric_for_best="mse")
-    history = [json.loads(line) for line in (tmp_path / "out" / "eval_history.jsonl").read_text().splitlines()]
+    history = [json.loads(line) for line in (tmp_path / "out" / "eval.jsonl").read_text().splitlines()]
     assert best["mse"] == min(h["mse"] for h in history)
 
 
@@ -136,7 +136,8 @@ def test_command_line_with_sift_and_accumulation(tmp_path, tiny_model, sentiment
     assert code == 0
     assert "accuracy" in results(tmp_path)
     config = json.loads((out / "finetune_config.json").read_text())
-    assert config["sift"] is True and config["precision"] == "bf16"
+    assert config["run"]["sift"] is True and config["engine"]["precision"] == "bf16"
+    assert config["engine"]["micro_batch_size"] == 2 and config["engine"]["grad_accum"] == 2
     assert list((out / "tensorboard").iterdir())
 
 
@@ -152,7 +153,7 @@ def test_finetuned_model_finetunes_again(tmp_path, tiny_model, sentiment_files):
     again = tmp_path / "again"
     again.mkdir()
     best = run(again, task="sst-2", data_dir=str(sentiment_files), model=str(tmp_path / "out" / "best"),
-               max_steps=1, learning_rate=1e-9)
+               max_steps=1, lr=1e-9)
     assert best["accuracy"] == pytest.approx(first["accuracy"])
 
 
@@ -176,8 +177,8 @@ def test_conll2000_chunking_from_shared_data(tmp_path, tiny_model, shared_data):
 def test_early_stopping_after_evaluations_without_improvement(tmp_path, tiny_model, sentiment_files):
     # A vanishing learning rate leaves the metric where it is: the second evaluation is stale.
     run(tmp_path, task="sst-2", data_dir=str(sentiment_files), model=tiny_model, max_steps=10, eval_steps=1,
-        learning_rate=1e-12, early_stopping_patience=1)
-    history = (tmp_path / "out" / "eval_history.jsonl").read_text().splitlines()
+        lr=1e-12, early_stopping_patience=1)
+    history = (tmp_path / "out" / "eval.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in history] == [1, 2]
 
 
