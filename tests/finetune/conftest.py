@@ -32,20 +32,6 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
-@pytest.fixture(autouse=True)
-def deepspeed_groups_released():
-    """finetune.main ends with training.distributed.shutdown(), which destroys the process
-    group through torch; DeepSpeed keeps its own references to the destroyed groups, and the
-    next run in this process would hand them to torch. Release them as DeepSpeed's own
-    destroy_process_group does (a real run is one per process and never meets this)."""
-    yield
-    import torch.distributed as dist
-    from deepspeed.utils import groups
-
-    if not dist.is_initialized():
-        groups._release_process_group_references(group=None)
-
-
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     """A native model folder with a masked-LM head, as pretraining leaves it."""

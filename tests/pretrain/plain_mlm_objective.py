@@ -33,7 +33,10 @@ class PlainMaskedLM(Objective):
         self.model = DebertaForMaskedLM(self.model_config)
 
     def forward(self, input_ids, attention_mask, labels, original_ids=None):
-        logits = self.model(input_ids, attention_mask, labels=labels).logits  # at the targets only
+        return self.loss_and_metrics(self.model, input_ids, attention_mask, labels)
+
+    def loss_and_metrics(self, model, input_ids, attention_mask, labels):
+        logits = model(input_ids, attention_mask, labels=labels).logits  # at the targets only
         targets = labels[labels != -100]
         loss = F.cross_entropy(logits.float(), targets, label_smoothing=self.options.label_smoothing)
         count = (labels != -100).sum()
@@ -49,3 +52,23 @@ class PlainMaskedLM(Objective):
 
     def export_models(self):
         return {"": self.model}
+
+
+class PlainMaskedLMOwnEngine(PlainMaskedLM):
+    """The same objective with its optimizer on the sub-module ``model`` rather than on the
+    objective: the engine named "model" lives in its own checkpoint sub-folder, the way an
+    objective with several optimizers keeps one engine per model."""
+
+    def engine_modules(self):
+        return {"model": self.model}
+
+    def _metrics(self, engine, batch):
+        return self.loss_and_metrics(engine, batch["input_ids"], batch["attention_mask"], batch["labels"])
+
+    def train_micro_batch(self, batch, engines):
+        loss, metrics = self._metrics(engines["model"], batch)
+        engines["model"].backward(loss)
+        return {"loss": loss.detach(), **metrics}
+
+    def eval_batch(self, batch, engines):
+        return self._metrics(engines["model"], batch)[1]

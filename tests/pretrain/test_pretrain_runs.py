@@ -258,3 +258,23 @@ def test_an_objective_from_outside_the_package_trains_resumes_and_exports(corpus
     assert converted.returncode == 0, explain(converted)
     model = load_model(tmp_path / "model")
     assert model.head == "masked_lm" and model.config.emd_layers == 0
+
+
+def test_an_objective_whose_engine_wraps_a_sub_module(corpus_shards, tmp_path):
+    """An engine named after the sub-module it optimizes keeps its files in a checkpoint
+    sub-folder; training, resume and conversion find them there."""
+    flags = dict(objective="plain_mlm_objective:PlainMaskedLMOwnEngine", max_steps=6, save_interval=3,
+                 eval_interval=6)
+    env = {"PYTHONPATH": str(REPO / "tests" / "pretrain")}
+    first = run_deepspeed(train_args(corpus_shards, tmp_path, **flags), PRETRAIN_INJECT_NONFINITE_AT_STEP="4", **env)
+    assert first.returncode == 1, explain(first)
+    assert (tmp_path / "checkpoints" / "step_00000003" / "model" / "mp_rank_00_model_states.pt").is_file()
+    result = run_deepspeed(train_args(corpus_shards, tmp_path, **flags), **env)
+    assert result.returncode == 0 and "resumed from" in result.stdout, explain(result)
+    evals = read_jsonl(tmp_path / "eval.jsonl")
+    assert evals[-1]["step"] == 6 and evals[-1]["loss"] < evals[0]["loss"]
+    converted = subprocess.run([sys.executable, "-m", "pretrain.convert", str(tmp_path / "checkpoints"), "--output",
+                                str(tmp_path / "model")], cwd=REPO, env=cpu_env(**env), capture_output=True,
+                               text=True, timeout=300)
+    assert converted.returncode == 0, explain(converted)
+    assert load_model(tmp_path / "model").head == "masked_lm"
