@@ -83,13 +83,15 @@ def render(records: list[dict]) -> str:
             lines += [f"**{record['title']}**", "",
                       f"- command: `{record['command']}`",
                       f"- machine: {machine_line(record)}",
-                      f"- date: {record['date']}; commit `{commit[:12]}{'-dirty' if commit.endswith('-dirty') else ''}`",
+                      f"- date: {record['date']}; commit `{commit[:12]}{'-dirty' if commit.endswith('-dirty') else ''}`"
+                      + (f"; load average {record['load_average']} at the end (cores: {record['machine']['cores']})"
+                         if record.get("load_average") is not None else ""),
                       ""]
             lines += table(record) + [""]
             lines += [note + "\n" for note in record.get("notes", [])]
     missing = [n for n in BENCHMARKS if n not in by_name]
     if missing:
-        lines += ["## Not measured yet", ""]
+        lines += ["## Not measured yet", "", "No results file in bench/results/ yet for:", ""]
         lines += [f"- {BENCHMARKS[n][0]}: `{BENCHMARKS[n][1]}`" for n in missing] + [""]
     return "\n".join(lines).rstrip() + "\n"
 
