@@ -75,7 +75,7 @@ def main(argv=None) -> int:
                                 max_train_examples=args.max_train_examples, epochs=args.epochs,
                                 batch_size=args.batch_size, learning_rate=args.learning_rate,
                                 max_seq_length=args.max_seq_length, eval_batch_size=256, sift=sift,
-                                eval_steps=200, logging_steps=50, warmup_ratio=0.06)
+                                eval_interval=200, log_interval=50, warmup_ratio=0.06)
         started = time.time()
         best = Trainer(config).train()
         summary["runs"][name] = {"dev_accuracy": best["accuracy"], "best_step": best["step"],

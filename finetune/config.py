@@ -67,13 +67,13 @@ class TaskConfig:
     sift_step_size: float = option(1e-4, "ascent step of the perturbation")
     sift_init_noise: float = option(1e-2, "std of the initial perturbation")
     # evaluation and outputs
-    eval_steps: int = option(0, "evaluate every N optimizer steps (0: each epoch)", aliases=["eval_interval"])
+    eval_interval: int = option(0, "evaluate every N optimizer steps (0: each epoch)", aliases=["eval_steps"])
     metric_for_best: Optional[str] = option(None, "default: the task's main metric")
     early_stopping_patience: int = option(0, "stop after N evaluations without improvement (0: never)")
     save_best: bool = option(True, "write the best model to OUTPUT/best")
-    logging_steps: int = option(50, "optimizer steps between progress lines, metrics.jsonl lines and "
-                                    "TensorBoard points", aliases=["log_interval"])
-    progress_bar: bool = option(True, "print the progress line every --logging_steps (metrics.jsonl is "
+    log_interval: int = option(50, "optimizer steps between progress lines, metrics.jsonl lines and "
+                                    "TensorBoard points", aliases=["logging_steps"])
+    progress_bar: bool = option(True, "print the progress line every --log_interval (metrics.jsonl is "
                                       "written either way)")
     tensorboard: bool = option(True, "write TensorBoard events to OUTPUT/tensorboard")
 
@@ -87,10 +87,10 @@ class TaskConfig:
         if self.task not in TASKS:
             fail("task", sorted(TASKS))
         for name in ("max_seq_length", "eval_batch_size", "doc_stride", "max_query_length", "max_answer_length",
-                     "n_best", "logging_steps"):
+                     "n_best", "log_interval"):
             if getattr(self, name) < 1:
                 fail(name, "an integer >= 1")
-        for name in ("max_steps", "eval_steps", "early_stopping_patience", "max_train_examples",
+        for name in ("max_steps", "eval_interval", "early_stopping_patience", "max_train_examples",
                      "max_eval_examples"):
             if getattr(self, name) < 0:
                 fail(name, "an integer >= 0")

@@ -2,7 +2,7 @@
 
     task files --Task.load--> Splits --DataLoader/Task.collate--> batches
     model folder --load_model(head=task.head)--> model --training.engine--> optimizer steps
-    every epoch (or --eval_steps): evaluate dev splits; a better main metric writes
+    every epoch (or --eval_interval): evaluate dev splits; a better main metric writes
     eval_results.json, predictions_<split>.*, test-set predictions and best/
 
 Every run goes through ``training``'s engine, one device included (a world of one without
@@ -173,10 +173,10 @@ class Trainer:
                 logged_loss += float(reduced["loss"])
                 logged_micro_batches += int(reduced["micro_batches"])
                 throughput.add(int(reduced["tokens"]), 0.0)
-                if self.step % run.logging_steps == 0 or self.step == self.total_steps:
+                if self.step % run.log_interval == 0 or self.step == self.total_steps:
                     self._log_training(epoch, logged_loss / max(1, logged_micro_batches), throughput, started)
                     logged_loss, logged_micro_batches = 0.0, 0
-                if run.eval_steps and self.step % run.eval_steps == 0:
+                if run.eval_interval and self.step % run.eval_interval == 0:
                     stale_evaluations = self._evaluate_and_keep_best(self.step, epoch + 1, stale_evaluations)
                     evaluated_at = self.step
                     self.engine.train()
@@ -187,7 +187,7 @@ class Trainer:
                 self.out.print(f"early stopping: no improvement of {self.metric_for_best} in "
                                f"{run.early_stopping_patience} evaluations")
                 break
-            if not run.eval_steps and evaluated_at != self.step:
+            if not run.eval_interval and evaluated_at != self.step:
                 stale_evaluations = self._evaluate_and_keep_best(self.step, epoch, stale_evaluations)
                 evaluated_at = self.step
         if evaluated_at != self.step:

@@ -102,7 +102,7 @@ def shm_buffers(port: int) -> list[Path]:
 @pytest.mark.slow
 def test_deepspeed_two_cpu_ranks_with_sift_leave_nothing_in_shm(tmp_path, tiny_model, sentiment_files):
     before = set(Path("/dev/shm").glob(f"{SHM_BUFFER}_*"))
-    result, port = launch(tmp_path, tiny_model, sentiment_files, "--max_steps", "3", "--sift", "--logging_steps", "1")
+    result, port = launch(tmp_path, tiny_model, sentiment_files, "--max_steps", "3", "--sift", "--log_interval", "1")
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert "of 2 x 1 x 2 examples | bf16 | ZeRO 2 | SiFT on" in output

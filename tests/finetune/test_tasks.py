@@ -88,7 +88,7 @@ def test_custom_regression_keeps_the_lowest_mse(tmp_path, tiny_model, write_tsv)
     write_tsv(tmp_path / "train.tsv", ["text", "y"], rows)
     write_tsv(tmp_path / "dev.tsv", ["text", "y"], rows)
     best = run(tmp_path, task="custom", data_dir=str(tmp_path), text_cols="text", label_col="y", regression=True,
-               model=tiny_model, max_steps=4, eval_steps=1, metric_for_best="mse")
+               model=tiny_model, max_steps=4, eval_interval=1, metric_for_best="mse")
     history = [json.loads(line) for line in (tmp_path / "out" / "eval.jsonl").read_text().splitlines()]
     assert best["mse"] == min(h["mse"] for h in history)
 
@@ -176,7 +176,7 @@ def test_conll2000_chunking_from_shared_data(tmp_path, tiny_model, shared_data):
 
 def test_early_stopping_after_evaluations_without_improvement(tmp_path, tiny_model, sentiment_files):
     # A vanishing learning rate leaves the metric where it is: the second evaluation is stale.
-    run(tmp_path, task="sst-2", data_dir=str(sentiment_files), model=tiny_model, max_steps=10, eval_steps=1,
+    run(tmp_path, task="sst-2", data_dir=str(sentiment_files), model=tiny_model, max_steps=10, eval_interval=1,
         lr=1e-12, early_stopping_patience=1)
     history = (tmp_path / "out" / "eval.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in history] == [1, 2]
