@@ -19,9 +19,11 @@ cd "$REPO"
 : "${SEQ_LEN:=128}"
 : "${MICRO_BATCH:=8}"
 
-# Installs the project when it is missing: torch first, the CPU build on a machine without
-# a GPU, then pip install -e . -c constraints.txt (scripts/install.sh).
-"$PYTHON" -c "import deberta, data_prep, pretrain, deepspeed" 2>/dev/null || PYTHON="$PYTHON" bash "$REPO/scripts/install.sh"
+# Installs the project when it is missing, or installed from another checkout (the ranks
+# import the installed package): torch first, the CPU build on a machine without a GPU,
+# then pip install -e . -c constraints.txt (scripts/install.sh).
+"$PYTHON" -c "import sys, deberta, data_prep, training, finetune, pretrain, deepspeed, jsonargparse
+sys.exit(not pretrain.__file__.startswith('$REPO/'))" 2>/dev/null || PYTHON="$PYTHON" bash "$REPO/scripts/install.sh"
 
 if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
     RANKS=$(nvidia-smi -L | wc -l)
