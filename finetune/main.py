@@ -15,8 +15,11 @@ The project must be installed (`pip install -e .`): this file imports the packag
 """
 import logging
 import sys
+from pathlib import Path
 
 import torch.distributed as dist
+
+import finetune
 
 from finetune.config import parse_args
 from finetune.data import DataError
@@ -49,4 +52,7 @@ def _error(error: Exception, code: int) -> int:
 
 
 if __name__ == "__main__":
+    if Path(finetune.__file__).resolve().parent != Path(__file__).resolve().parent:
+        sys.exit(f"error: {__file__} would run the finetune package installed from "
+                 f"{Path(finetune.__file__).parent}; install this checkout: pip install -e .")
     sys.exit(main())

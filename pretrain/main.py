@@ -11,7 +11,13 @@
 Starting again with the same --output_dir resumes from its newest complete checkpoint.
 The project must be installed (`pip install -e .`): this file imports the package.
 """
+from pathlib import Path
+
+import pretrain
 from pretrain.trainer import main
 
 if __name__ == "__main__":
+    if Path(pretrain.__file__).resolve().parent != Path(__file__).resolve().parent:
+        raise SystemExit(f"error: {__file__} would run the pretrain package installed from "
+                         f"{Path(pretrain.__file__).parent}; install this checkout: pip install -e .")
     main()
