@@ -33,19 +33,29 @@ def free_port() -> int:
 
 
 def init_distributed() -> tuple[int, int]:
-    """(rank, world size), after the process group is up and DeepSpeed's shm names are unlinked."""
+    """(rank, world size), after the process group is up and DeepSpeed's shm names are unlinked.
+
+    Without a launcher the rendezvous variables of a world of one are set only while the
+    group starts, so that processes started later from this one (tests, tools) do not
+    inherit a port that this process holds. LOCAL_RANK stays: DeepSpeed's engine reads it.
+    """
+    rendezvous = {}
     if "RANK" not in os.environ:  # no launcher: a world of one
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(free_port()))
+        rendezvous = {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+        os.environ.update(rendezvous, LOCAL_RANK=os.environ.get("LOCAL_RANK", "0"))
     import deepspeed
     import torch.distributed as dist
 
-    deepspeed.init_distributed()
-    rank, world = dist.get_rank(), dist.get_world_size()
-    dist.barrier()  # every rank has mapped its peers' buffers
-    shm = Path("/dev/shm") / (f"{SHM_BUFFER}_{os.getuid()}_{os.environ.get('MASTER_ADDR')}_"
-                              f"{os.environ.get('MASTER_PORT')}_{rank}")
-    shm.unlink(missing_ok=True)
+    try:
+        deepspeed.init_distributed()
+        rank, world = dist.get_rank(), dist.get_world_size()
+        dist.barrier()  # every rank has mapped its peers' buffers
+        shm = Path("/dev/shm") / (f"{SHM_BUFFER}_{os.getuid()}_{os.environ.get('MASTER_ADDR')}_"
+                                  f"{os.environ.get('MASTER_PORT')}_{rank}")
+        shm.unlink(missing_ok=True)
+    finally:
+        for name in rendezvous:
+            os.environ.pop(name, None)
     return rank, world
 
 
