@@ -28,14 +28,14 @@ from training.distributed import device, init_distributed, shutdown
 from training.ds_config import ConfigError, precision_of, resolve_ds_config, zero_stage
 from training.engine import build_engine, loss_scale, parameter_count
 from training.outputs import Outputs, Throughput, eta
-from training.sync import NonFiniteLoss, StepTotals, check_finite, stop_requested
+from training.sync import NonFiniteLoss, StepAgreement, StepTotals, stop_requested
 
 from .checkpoint import CheckpointManager, ResumeError
 from .config import TrainConfig, parse_args
 from .data import TRAIN_STREAM, VALID_STREAM, MaskedSequences, TrainOrder, train_loader, valid_batches
 from .masking import Masker
 
-# Test hook: rank 0's loss counts as NaN in this (1-based) step.
+# Test hook: rank 0 records a NaN loss in this (1-based) step, before the objective runs it.
 INJECT_NONFINITE_ENV = "PRETRAIN_INJECT_NONFINITE_AT_STEP"
 
 
@@ -177,24 +177,20 @@ class Trainer:
 
     def train_step(self, batches, throughput: Throughput) -> tuple[dict, bool]:
         """One optimizer step of ``accumulation`` micro-batches: (reported figures, stop requested)."""
-        totals = StepTotals(self.device)
-        skipped_before = self.first_engine.skipped_steps
-        for micro_step in range(self.accumulation):
-            waited = time.perf_counter()
+        agreement = StepAgreement(self.device, self.step + 1, self.precision,
+                                  f"Last checkpoint: {self.checkpoints.latest() or 'none'}. Lower --lr, check the "
+                                  f"data, or resume from the checkpoint with another --seed.", lambda: self.sigterm)
+        waited, micro_batches = time.perf_counter(), []
+        for _ in range(self.accumulation):
             batch = {k: v.to(self.device, non_blocking=True) for k, v in next(batches).items()}
-            totals.add({"data_wait": time.perf_counter() - waited})
-            metrics = self.objective.train_micro_batch(batch, self.engines)
-            if self.inject_step == self.step + 1 and micro_step == 0 and self.rank == 0:
-                metrics["loss"] = metrics["loss"] * float("nan")
-            totals.add_loss(metrics["loss"])
-            totals.add({**metrics, "tokens": batch["attention_mask"].sum(), "micro_batches": 1})
-            if micro_step == self.accumulation - 1:  # before the update: every rank agrees
-                reduced = totals.reduce(stop_requested=self.sigterm)
-                check_finite(reduced, self.step + 1, self.precision,
-                             f"Last checkpoint: {self.checkpoints.latest() or 'none'}. Lower --lr, check the "
-                             f"data, or resume from the checkpoint with another --seed.")
-            for engine in self.engines.values():
-                engine.step()  # the update happens in the last micro-step's call
+            micro_batches.append(batch)
+            agreement.record({"tokens": batch["attention_mask"].sum(), "micro_batches": 1})
+        agreement.record({"data_wait": time.perf_counter() - waited})
+        if self.inject_step == self.step + 1 and self.rank == 0:
+            agreement.record({"loss": torch.tensor(float("nan"))})
+        skipped_before = self.first_engine.skipped_steps
+        self.objective.train_step(micro_batches, self.engines, agreement)
+        reduced = agreement.result
         self.step += 1
         self.consumed += self.global_batch
         tokens = int(reduced["tokens"])

@@ -52,6 +52,34 @@ class StepTotals:
                 for name, part in zip(names, host.split(sizes))}
 
 
+class StepAgreement:
+    """What the code running one optimizer step is handed: it ``record``s metric tensors as
+    micro-batches run, and calls ``agree`` before each update. ``agree`` sums everything
+    recorded since the last call over the ranks (one collective, one host copy), raises
+    ``NonFiniteLoss`` on every rank together, and adds the totals to ``result``. A step with
+    one optimizer agrees once; one with two optimizers updated one after the other agrees
+    before each update."""
+
+    def __init__(self, device: torch.device, step: int, precision: str, advice: str, stop_requested=lambda: False):
+        self.totals = StepTotals(device)
+        self.step, self.precision, self.advice = step, precision, advice
+        self.stop_requested = stop_requested
+        self.result: dict[str, torch.Tensor] = {}
+
+    def record(self, metrics: Mapping[str, Number]) -> None:
+        """Metric tensors that add up; a "loss" among them is checked for non-finite values."""
+        if "loss" in metrics:
+            self.totals.add_loss(torch.as_tensor(metrics["loss"]))
+        self.totals.add(metrics)
+
+    def agree(self) -> dict[str, torch.Tensor]:
+        reduced = self.totals.reduce(self.stop_requested())
+        check_finite(reduced, self.step, self.precision, self.advice)
+        for name, value in reduced.items():
+            self.result[name] = self.result[name] + value if name in self.result else value
+        return reduced
+
+
 def check_finite(totals: Mapping[str, torch.Tensor], step: int, precision: str, advice: str) -> None:
     """fp32/bf16: a non-finite loss in any micro-batch on any rank stops every rank before the
     update. fp16: the loss scaler skips the step instead (DeepSpeed counts it)."""

@@ -3,12 +3,17 @@
 An objective is a ``torch.nn.Module`` subclass of ``Objective`` that
 
   - declares its flags as a dataclass, ``Options`` (added to the command line when the
-    objective is chosen; ``NoOptions`` when it has none);
+    objective is chosen; ``NoOptions`` when it has none), and its defaults for the masking
+    flags, ``masking_defaults`` (below flags, ``--config`` and ``--recipe``);
+  - may complete the user's model config (``resolve_model_config``: MLM adds the enhanced
+    mask decoder where the model has no other absolute positions);
   - builds its models from (options, model config) in ``__init__``, and says how to
     rebuild them from a checkpoint alone (``describe`` -> JSON, ``from_description``);
   - owns its update: ``engine_modules`` names the modules that get an optimizer each (one
-    DeepSpeed engine per entry, stepped in that order; the whole objective by default),
-    and ``train_micro_batch`` runs forward and backward of one micro-batch through them;
+    DeepSpeed engine per entry; the whole objective by default), and ``train_step`` runs
+    one optimizer step's micro-batches through them: forward, backward, ``agree`` with
+    the other ranks before each update, update (two optimizers may update one after the
+    other, each after its own agreement);
   - returns metric tensors that add up over micro-batches and ranks (sums and counts,
     histograms) and turns their totals into reported figures (``summarize``), for a
     training step and for a whole evaluation alike;
@@ -21,13 +26,14 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import ClassVar, Mapping
+from typing import ClassVar, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from deberta import DebertaConfig
 from deberta.model import DebertaPreTrained
+from training.sync import StepAgreement
 
 BUILTIN = {"mlm": "pretrain.objectives.mlm:MaskedLanguageModeling",
            "rtd": "pretrain.objectives.rtd:ReplacedTokenDetection"}
@@ -40,6 +46,15 @@ class NoOptions:
 
 class Objective(nn.Module):
     Options: ClassVar[type] = NoOptions
+    masking_defaults: ClassVar[dict] = {}  # e.g. {"replace_with_mask": 1.0}: MaskingConfig fields
+
+    @classmethod
+    def resolve_model_config(cls, model_config: DebertaConfig, given: frozenset, log) -> DebertaConfig:
+        """The model config to train, from the one the user described; ``given`` names the fields
+        the user set explicitly (``--set_model``, a JSON model config), ``log`` prints a line on
+        rank 0. Called once when a run starts (not by ``from_description``: checkpoints hold the
+        result)."""
+        return model_config
 
     def __init__(self, options, model_config: DebertaConfig):
         super().__init__()
@@ -62,13 +77,19 @@ class Objective(nn.Module):
         by their attribute path in the objective ("": the objective itself, the default)."""
         return {"": self}
 
-    def train_micro_batch(self, batch: Mapping[str, torch.Tensor], engines: Mapping) -> dict[str, torch.Tensor]:
-        """Forward and backward of one micro-batch; returns its metric tensors, "loss" included
-        (the trainer checks it for non-finite values before any update)."""
+    def train_step(self, micro_batches: Sequence[Mapping[str, torch.Tensor]], engines: Mapping,
+                   agreement: StepAgreement) -> None:
+        """One optimizer step over ``micro_batches``. Record each micro-batch's metric tensors
+        ("loss" included: it is checked for non-finite values) and call ``agreement.agree()``
+        before the update, which happens in the engine's ``step`` after the last micro-batch."""
         engine = engines[""]
-        loss, metrics = engine(**batch)
-        engine.backward(loss)
-        return {"loss": loss.detach(), **metrics}
+        for index, batch in enumerate(micro_batches):
+            loss, metrics = engine(**batch)
+            engine.backward(loss)
+            agreement.record({"loss": loss.detach(), **metrics})
+            if index == len(micro_batches) - 1:
+                agreement.agree()
+            engine.step()
 
     def eval_batch(self, batch: Mapping[str, torch.Tensor], engines: Mapping) -> dict[str, torch.Tensor]:
         """The metric tensors of one validation batch (in eval mode, under no_grad)."""

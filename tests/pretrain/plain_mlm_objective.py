@@ -65,10 +65,15 @@ class PlainMaskedLMOwnEngine(PlainMaskedLM):
     def _metrics(self, engine, batch):
         return self.loss_and_metrics(engine, batch["input_ids"], batch["attention_mask"], batch["labels"])
 
-    def train_micro_batch(self, batch, engines):
-        loss, metrics = self._metrics(engines["model"], batch)
-        engines["model"].backward(loss)
-        return {"loss": loss.detach(), **metrics}
+    def train_step(self, micro_batches, engines, agreement):
+        engine = engines["model"]
+        for index, batch in enumerate(micro_batches):
+            loss, metrics = self._metrics(engine, batch)
+            engine.backward(loss)
+            agreement.record({"loss": loss.detach(), **metrics})
+            if index == len(micro_batches) - 1:
+                agreement.agree()
+            engine.step()
 
     def eval_batch(self, batch, engines):
         return self._metrics(engines["model"], batch)[1]

@@ -145,3 +145,18 @@ def test_a_step_crosses_the_ranks_in_one_collective(monkeypatch):
     with pytest.raises(sync.NonFiniteLoss, match="non-finite loss in step 7"):
         sync.check_finite(reduced, 7, "bf16", "")
     sync.check_finite(reduced, 7, "fp16", "")  # fp16: the loss scaler skips the step instead
+
+
+def test_an_agreement_before_each_update_adds_up_and_stops_every_rank_on_a_nan(monkeypatch):
+    monkeypatch.setattr(sync.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(sync.dist, "all_reduce", lambda tensor: tensor.mul_(2))  # as if two equal ranks
+    agreement = sync.StepAgreement(torch.device("cpu"), step=3, precision="fp32", advice="Lower --lr.")
+    agreement.record({"loss": torch.tensor(2.0), "generator_count": 5})
+    agreement.agree()  # before the first optimizer's update
+    agreement.record({"loss": torch.tensor(1.0), "discriminator_count": 7})
+    agreement.agree()  # before the second's
+    assert float(agreement.result["loss"]) == 6.0 and float(agreement.result["generator_count"]) == 10
+    assert float(agreement.result["discriminator_count"]) == 14
+    agreement.record({"loss": torch.tensor(float("inf"))})
+    with pytest.raises(sync.NonFiniteLoss, match=r"step 3 \(fp32\).*Lower --lr"):
+        agreement.agree()
