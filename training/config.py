@@ -15,7 +15,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 @dataclass
 class OptimizerConfig:
-    """AdamW with linear warm-up and linear decay to 0 at the last step."""
+    """AdamW with linear warm-up and linear decay to 0 at the last step (``adam_bias_correction``
+    false: without Adam's bias correction, as the authors' XAdam)."""
     lr: float = option(1e-4, "peak learning rate, reached after the warm-up", aliases=["learning_rate"])
     warmup_steps: int = option(0, "optimizer steps of linear warm-up from 0 (0: use --warmup_ratio)")
     warmup_ratio: float = option(0.0, "warm-up as a fraction of all steps, when --warmup_steps is 0")
@@ -24,6 +25,8 @@ class OptimizerConfig:
     adam_beta1: float = option(0.9, "Adam beta1")
     adam_beta2: float = option(0.999, "Adam beta2")
     adam_eps: float = option(1e-6, "Adam epsilon", aliases=["adam_epsilon"])
+    adam_bias_correction: bool = option(True, "Adam's bias correction of both moments; the authors' optimizer "
+                                              "has none (DeBERTa/optims/xadam.py): false reproduces it")
     clip_grad: Optional[float] = option(None, "global gradient-norm clipping, 0 disables (unset: the DeepSpeed "
                                               "JSON's gradient_clipping, else 1.0)", aliases=["max_grad_norm"])
 

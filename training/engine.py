@@ -14,11 +14,13 @@ import torch
 from .config import OptimizerConfig
 from .distributed import on_gpu
 from .ds_config import offloads_optimizer
-from .optim import build_optimizer, build_schedule
+from .optim import AdamW, build_optimizer, build_schedule
 
 
 def build_engine(module: torch.nn.Module, ds: dict, optimizer: OptimizerConfig, total_steps: int):
     torch_optimizer = build_optimizer(module, optimizer, offloads_optimizer(ds), on_gpu())
+    if isinstance(torch_optimizer, AdamW):  # ours (no bias correction): elementwise, so ZeRO may partition it
+        ds = {**ds, "zero_allow_untested_optimizer": True}
     schedule = build_schedule(torch_optimizer, optimizer.warmup(total_steps), total_steps)
     engine, _, _, _ = deepspeed.initialize(model=module, optimizer=torch_optimizer, lr_scheduler=schedule, config=ds)
     return engine

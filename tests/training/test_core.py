@@ -160,3 +160,70 @@ def test_an_agreement_before_each_update_adds_up_and_stops_every_rank_on_a_nan(m
     agreement.record({"loss": torch.tensor(float("inf"))})
     with pytest.raises(sync.NonFiniteLoss, match=r"step 3 \(fp32\).*Lower --lr"):
         agreement.agree()
+
+
+def _one_layer_after_steps(bias_correction: bool, grads: list, lr=0.1, decay=0.5, betas=(0.9, 0.999), eps=1e-6):
+    from training.optim import build_optimizer
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(3, 2)
+    start = [p.detach().clone() for p in (layer.weight, layer.bias)]
+    config = OptimizerConfig(lr=lr, weight_decay=decay, adam_beta1=betas[0], adam_beta2=betas[1], adam_eps=eps,
+                             adam_bias_correction=bias_correction)
+    optimizer = build_optimizer(layer, config, offloaded=False, on_gpu=False)
+    for weight_grad, bias_grad in grads:
+        layer.weight.grad, layer.bias.grad = weight_grad.clone(), bias_grad.clone()
+        optimizer.step()
+    return start, [layer.weight.detach(), layer.bias.detach()], optimizer
+
+
+def _by_hand(start, grads, bias_correction, decay, lr=0.1, betas=(0.9, 0.999), eps=1e-6):
+    """Adam step by step in float64, one element at a time (decay only on the matrix)."""
+    out = []
+    for index, (p0, rate) in enumerate(zip(start, (decay, 0.0))):
+        values = []
+        for k, p in enumerate(p0.double().flatten().tolist()):
+            m = v = 0.0
+            for t, pair in enumerate(grads, start=1):
+                g = float(pair[index].double().flatten()[k])
+                m, v = betas[0] * m + (1 - betas[0]) * g, betas[1] * v + (1 - betas[1]) * g * g
+                m_used, v_used = (m / (1 - betas[0] ** t), v / (1 - betas[1] ** t)) if bias_correction else (m, v)
+                p = p * (1 - lr * rate) - lr * m_used / (v_used ** 0.5 + eps)
+            values.append(p)
+        out.append(torch.tensor(values, dtype=torch.float64).reshape(p0.shape))
+    return out
+
+
+@pytest.mark.parametrize("bias_correction", [True, False])
+def test_adam_bias_correction_setting_against_a_hand_computed_step(bias_correction):
+    torch.manual_seed(1)
+    grads = [(torch.randn(2, 3), torch.randn(2)) for _ in range(2)]
+    start, after, optimizer = _one_layer_after_steps(bias_correction, grads)
+    expected = _by_hand(start, grads, bias_correction, decay=0.5)
+    for got, want in zip(after, expected):
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    # The two settings differ, by the factor the correction makes: at t=1 the uncorrected step is
+    # (1 - b1) / sqrt(1 - b2) = 0.1 / 0.0316 ~ 3.16 times the corrected one.
+    other = _by_hand(start, grads[:1], not bias_correction, decay=0.5)
+    first = _by_hand(start, grads[:1], bias_correction, decay=0.5)
+    step_this, step_other = (first[1] - start[1].double()).abs(), (other[1] - start[1].double()).abs()
+    ratio = (step_other / step_this) if bias_correction else (step_this / step_other)
+    torch.testing.assert_close(ratio, torch.full_like(ratio, 0.1 / 0.001 ** 0.5), rtol=1e-3, atol=0)
+    # Off: our AdamW (torch's cannot switch it off); on: torch's AdamW.
+    assert type(optimizer).__module__ == ("torch.optim.adamw" if bias_correction else "training.optim")
+
+
+def test_adam_bias_correction_reaches_deepspeed_cpu_adam_when_offloaded(monkeypatch):
+    import deepspeed.ops.adam
+    from training.optim import build_optimizer
+    seen = {}
+    monkeypatch.setattr(deepspeed.ops.adam, "DeepSpeedCPUAdam", lambda groups, **kwargs: seen.update(kwargs))
+    for flag in (True, False):
+        build_optimizer(torch.nn.Linear(2, 2), OptimizerConfig(adam_bias_correction=flag), offloaded=True, on_gpu=False)
+        assert seen["bias_correction"] is flag and seen["adamw_mode"] is True
+
+
+def test_adam_bias_correction_is_a_flag_and_recipes_turn_it_off():
+    assert parse_args(["--data_dir", "x"]).optimizer.adam_bias_correction is True
+    assert parse_args(["--data_dir", "x", "--no_adam_bias_correction"]).optimizer.adam_bias_correction is False
+    assert parse_args(["--data_dir", "x", "--recipe", "deberta-v3-base-rtd-script"]).optimizer.adam_bias_correction \
+        is False
