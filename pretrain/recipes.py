@@ -306,8 +306,10 @@ SOURCES: dict[str, dict[str, Source]] = {name: recipe.sources for name, recipe i
 # name makes --recipe fail). Move an entry into its recipe when the flag lands.
 _DECOUPLED = Code(RTD_TASK, "'--decoupled_training', type=boolean_string, default=True",
                   "and every rtd.sh case passes --decoupled_training True")
+_SAME_LR = Code(RTD_TASK, "'--discriminator_learning_rate', type=float, default=-1",
+                "not > 0, so the discriminator takes --learning_rate; rtd.sh does not set it")
 PENDING: dict[str, dict] = {
-    **{f"deberta-v3-{size}-{kind}": dict(decoupled_training=(True, _DECOUPLED))
+    **{f"deberta-v3-{size}-{kind}": dict(decoupled_training=(True, _DECOUPLED), discriminator_lr=(0.0, _SAME_LR))
        for size in ("xsmall", "small", "base", "large") for kind in ("rtd", "rtd-script", "continue")},
 }
 
