@@ -146,7 +146,8 @@ _OPTIMIZER_OF_CODE = dict(  # the official scripts set none of these: the code's
 
 _LAMBDA = (50.0, Paper(DEBERTA_V3, "section DeBERTa with RTD", "lambda = 50; the official code's default is 10 "
                        "(rtd_task.py --rtd_lambda default=10) and rtd.sh does not set it"))
-_GDES = ("gdes", Paper(DEBERTA_V3, "section Gradient-Disentangled Embedding Sharing", "gradient-disentangled embedding sharing, the v3 method"))
+_GDES = ("gdes", Paper(DEBERTA_V3, "section Gradient-Disentangled Embedding Sharing",
+                       "gradient-disentangled embedding sharing, the v3 method"))
 _RTD_MASK = dict(  # the official RTD task's masker: NGramMaskGenerator(max_gram=1, keep_prob=0, mask_prob=1)
     mask_prob=(0.15, Code(MLM_TASK, "mask_lm_prob=0.15", "NGramMaskGenerator's default target rate")),
     max_ngram=(1, Code(RTD_TASK, "max_gram=1", "RTDTask's masker: single subwords")),
@@ -180,7 +181,8 @@ def _v2_mlm_paper(size: str, preset: str) -> Recipe:
     return Recipe(
         f"DeBERTa-v2 {size} MLM as in the paper ({note}); spans of up to 3 whole words",
         PAPER,
-        dict(objective=("mlm", Paper(DEBERTA, "section Enhanced Mask Decoder", "MLM through the enhanced mask decoder")),
+        dict(objective=("mlm", Paper(DEBERTA, "section Enhanced Mask Decoder",
+                                     "MLM through the enhanced mask decoder")),
              model_config=model, lr=lr, global_batch_size=batch, max_steps=steps, **_optimizer_of_paper(),
              max_ngram=(3, Paper(DEBERTA, "appendix A.3", "span masking with the span size up to three")),
              **_MLM_MASK))
