@@ -4,9 +4,10 @@
     deepspeed pretrain/main.py --config run.yaml --max_steps 1000
 
 The command is built by ``deberta.cli.Command`` (one precedence for every command: flags,
-then ``--config FILE``, then ``--recipe NAME`` (pretrain/recipes.py), then the DeepSpeed
-JSON for the engine settings, then the defaults). The chosen objective adds its own
-flags (``--objective rtd`` adds ``--rtd_lambda``, ``--embedding_sharing``, ...).
+then ``--config FILE``, then ``--recipe NAME`` (pretrain/recipes.py), then the objective's
+masking defaults (RTD: [MASK] only), then the DeepSpeed JSON for the engine settings,
+then the defaults). The chosen objective adds its own flags (``--objective rtd`` adds
+``--rtd_lambda``, ``--embedding_sharing``, ...).
 """
 from __future__ import annotations
 
@@ -86,12 +87,15 @@ class TrainConfig:
     def objective_class(self) -> type[Objective]:
         return objective_class(self.run.objective)
 
-    def model_config(self) -> DebertaConfig:
-        """The architecture (RTD: the discriminator's) with --set_model and --attention_backend applied."""
+    def model_config(self, log=print) -> DebertaConfig:
+        """The architecture (RTD: the discriminator's) with --set_model and --attention_backend applied,
+        then completed by the objective (``Objective.resolve_model_config``; its notes go to ``log``)."""
         overrides = parse_overrides(self.run.set_model)
+        given = frozenset(overrides) | json_fields(self.run.model_config)
         if self.run.attention_backend:
             overrides["attention_backend"] = self.run.attention_backend
-        return model_config(self.run.model_config, overrides)
+        return self.objective_class.resolve_model_config(self.objective, model_config(self.run.model_config, overrides),
+                                                         given, log)
 
     def to_dict(self) -> dict:
         return {name: dataclasses.asdict(getattr(self, name)) for name in (*SECTIONS, "objective")}
@@ -108,6 +112,17 @@ def model_config(name_or_path: str, overrides: dict) -> DebertaConfig:
         raise ValueError(f"--model_config {name_or_path}: neither a preset ({sorted(PRESETS)}) "
                          f"nor a readable JSON file ({error})") from None
     return DebertaConfig.from_dict({**values, **overrides})
+
+
+def json_fields(name_or_path: str) -> frozenset:
+    """The fields a JSON model config sets explicitly (none for a preset)."""
+    if name_or_path in PRESETS:
+        return frozenset()
+    try:
+        values = json.loads(Path(name_or_path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return frozenset()  # model_config() reports the unreadable file
+    return frozenset(values) if isinstance(values, dict) else frozenset()
 
 
 def parse_overrides(text: str) -> dict:
@@ -149,10 +164,15 @@ def build_command(argv: list[str]) -> Command:
                       extra={"recipe": dict(choices=sorted(RECIPES), help="published hyper-parameters as defaults"),
                              "local_rank": dict(type=int, default=-1, help=argparse.SUPPRESS)})
     try:
-        options = objective_class(objective).Options
+        cls = objective_class(objective)
     except ValueError as error:
         command.parser.error(str(error))
-    command.add_section("objective", options)
+    command.add_section("objective", cls.Options)
+    # The objective's masking defaults (RTD: [MASK] only), below flags, --config and --recipe.
+    unknown = sorted(set(cls.masking_defaults) - {f.name for f in dataclasses.fields(MaskingConfig)})
+    if unknown:
+        command.parser.error(f"--objective {objective}: masking_defaults names {unknown}, not masking settings")
+    command.set_defaults(cls.masking_defaults)
     if recipe in RECIPES:
         command.set_defaults(RECIPES[recipe])
     return command

@@ -8,8 +8,10 @@ micro-step a of rank r takes the ``micro`` positions starting at p + (a*ranks + 
 So the samples of each step depend on (seed, data, G) only, not on how many ranks share
 them, and a resumed run continues at the consumed-samples count it saved.
 
-Masking of sequence i is a function of (seed, i) (pretrain/masking.py), computed in the
-loader's worker processes, which prefetch ahead of the accelerator.
+Masking. Position p is sequence i = perm_e[p mod N] of epoch e = p // N; its mask is a
+function of (seed, i, e) (pretrain/masking.py): new in every epoch, and as rank-free and
+resumable as the order. Validation sequences keep the mask of epoch 0. The masks are
+computed in the loader's worker processes, which prefetch ahead of the accelerator.
 """
 from __future__ import annotations
 
@@ -44,7 +46,9 @@ class DataConfig:
 
 
 class MaskedSequences(Dataset):
-    """Sequence i of a split -> masked inputs, labels and attention mask, padded to seq_len."""
+    """Sequence i of a split -> masked inputs, labels and attention mask, padded to seq_len.
+
+    The key is ``i`` (masked as in epoch 0) or ``(i, epoch)`` (what ``TrainOrder`` yields)."""
 
     def __init__(self, sequences: ShardedDataset, masker: Masker, stream: int, pad_id: int):
         self.sequences, self.masker, self.stream, self.pad_id = sequences, masker, stream, pad_id
@@ -52,9 +56,10 @@ class MaskedSequences(Dataset):
     def __len__(self) -> int:
         return len(self.sequences)
 
-    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, np.ndarray]:
+        i, epoch = key if isinstance(key, tuple) else (key, 0)
         ids = self.sequences[i].astype(np.int64)
-        masked, labels = self.masker(ids, i, self.stream)
+        masked, labels = self.masker(ids, i, self.stream, epoch)
         length, n = self.sequences.seq_len, ids.size
         out = {"input_ids": np.full(length, self.pad_id, np.int64), "labels": np.full(length, IGNORE, np.int64),
                "original_ids": np.full(length, self.pad_id, np.int64),
@@ -65,7 +70,8 @@ class MaskedSequences(Dataset):
 
 
 class TrainOrder:
-    """Sequence ids of the micro-batches of one rank, from a global position onward."""
+    """(sequence id, epoch) of the samples in the micro-batches of one rank, from a global
+    position onward."""
 
     def __init__(self, num_sequences: int, seed: int, micro: int, accumulation: int, rank: int, world: int):
         if num_sequences < 1:
@@ -75,19 +81,23 @@ class TrainOrder:
         self.global_batch = micro * accumulation * world
         self._epoch, self._perm = -1, None
 
-    def sequence(self, position: int) -> int:
+    def sample(self, position: int) -> tuple[int, int]:
+        """(sequence id, epoch) at a global sample position."""
         epoch, offset = divmod(position, self.n)
         if epoch != self._epoch:
             self._epoch, self._perm = epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n)
-        return int(self._perm[offset])
+        return int(self._perm[offset]), epoch
 
-    def micro_batches(self, position: int) -> Iterator[list[int]]:
-        """Endless: this rank's micro-batches of the steps that start at sample ``position``
-        (the samples consumed so far), G positions per step."""
+    def sequence(self, position: int) -> int:
+        return self.sample(position)[0]
+
+    def micro_batches(self, position: int) -> Iterator[list[tuple[int, int]]]:
+        """Endless: this rank's micro-batches, as (sequence id, epoch) pairs, of the steps that
+        start at sample ``position`` (the samples consumed so far), G positions per step."""
         while True:
             for a in range(self.accumulation):
                 first = position + (a * self.world + self.rank) * self.micro
-                yield [self.sequence(p) for p in range(first, first + self.micro)]
+                yield [self.sample(p) for p in range(first, first + self.micro)]
             position += self.global_batch
 
 

@@ -1,23 +1,33 @@
-"""Whole-word n-gram masking for MLM and for the RTD generator.
+"""N-gram masking for MLM and for the RTD generator, a new mask in every epoch.
 
 For one packed sequence:
-1. tokens are grouped into words (a word starts at a token the tokenizer marks as a
-   word start); special tokens are never masked;
-2. words are grouped into spans of n consecutive words, n drawn from 1..max_ngram with
-   P(n) proportional to 1/n (max_ngram=1, the official default, is whole-word masking);
+1. tokens are grouped into units; special tokens are never masked. A unit is one token
+   (subword-level masking) or, with ``whole_word``, one word (a word starts at a token
+   the tokenizer marks as a word start). ``whole_word auto`` (the default) groups words
+   only when ``max_ngram > 1``, as the official masker does (``NGramMaskGenerator`` in
+   the authors' ``mlm_task.py``): its default, ``max_ngram 1``, masks subwords;
+2. units are grouped into spans of n consecutive units, n drawn from 1..max_ngram with
+   P(n) proportional to 1/n (the official distribution);
 3. spans are visited in a random order and taken while the masked token count stays
    within round(mask_prob x real tokens), e.g. round(0.15 x 510) = 76 of a 512-token
-   sequence (at least one token);
-4. each chosen token becomes [MASK] with p=0.8, a random ordinary token with p=0.1, and
-   stays itself with p=0.1; its label is the original id, every other label is -100.
+   sequence (at least one token). Unlike the official selection (one span per window of
+   about 1/mask_prob units, taken from the front until the budget is spent, so that the
+   tail of a long sequence is masked less), every part of a sequence is masked alike;
+   docs/pretraining.md compares the two;
+4. each chosen token becomes [MASK] with p=replace_with_mask (0.8), a random ordinary
+   token with p=replace_with_random (0.1), and stays itself otherwise (0.1); its label is
+   the original id, every other label is -100. The RTD generator's default is [MASK]
+   only (1.0, 0.0), as the official RTD task (``Objective.masking_defaults``).
 
-The random draws of sample i come from a generator seeded with (seed, stream, i), so the
-masking of a sample is a function of (seed, i): independent of ranks, workers, epochs
-seen before and of resuming.
+The random draws of sample i in epoch e come from a generator seeded with
+(seed, stream, e, i): a new mask on every visit, as the authors' data set draws one, yet a
+function of (seed, i, e) only, independent of ranks, workers and of resuming. Validation
+(stream 1) always uses epoch 0: the same masks at every evaluation.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Union
 
 import numpy as np
 
@@ -31,8 +41,10 @@ class MaskingConfig:
     mask_prob: float = option(0.15, "fraction of real tokens that become targets")
     replace_with_mask: float = option(0.8, "of the targets: -> [MASK]")
     replace_with_random: float = option(0.1, "of the targets: -> a random ordinary token; the rest stay")
-    max_ngram: int = option(1, "spans of 1..max_ngram whole words; 1 = whole-word masking")
-    whole_word: bool = option(True, "false: every token is its own word")
+    max_ngram: int = option(1, "spans of 1..max_ngram units (tokens, or words: see whole_word); P(n) ~ 1/n")
+    whole_word: Union[bool, str] = option("auto", "auto|true|false: mask whole words (true), single tokens "
+                                                  "(false), or whole words only when max_ngram > 1 (auto, "
+                                                  "the official masker)")
 
     def __post_init__(self):
         if not 0.0 < self.mask_prob < 1.0:
@@ -43,6 +55,16 @@ class MaskingConfig:
                              f"{self.replace_with_random} must be >= 0 and sum to at most 1")
         if self.max_ngram < 1:
             raise ValueError(f"max_ngram={self.max_ngram} must be >= 1")
+        word = {"true": "true", "yes": "true", "on": "true", "false": "false", "no": "false", "off": "false",
+                "auto": "auto"}.get(str(self.whole_word).lower())
+        if word is None:
+            raise ValueError(f"whole_word={self.whole_word!r}; allowed: auto, true, false")
+        self.whole_word = word
+
+    @property
+    def groups_words(self) -> bool:
+        """Whether units are whole words (else single tokens)."""
+        return self.whole_word == "true" or (self.whole_word == "auto" and self.max_ngram > 1)
 
 
 class Masker:
@@ -56,7 +78,7 @@ class Masker:
         special = sorted(set(tokenizer.special_ids.values()))
         self.special = np.zeros(vocab, dtype=bool)
         self.special[special] = True
-        if config.whole_word:
+        if config.groups_words:
             self.word_start = np.fromiter((tokenizer.is_word_start(i) for i in range(vocab)), dtype=bool,
                                           count=vocab)
         else:
@@ -65,12 +87,15 @@ class Masker:
         ngrams = np.arange(1, config.max_ngram + 1)
         self.ngram_sizes, self.ngram_probs = ngrams, (1.0 / ngrams) / (1.0 / ngrams).sum()
 
-    def rng(self, index: int, stream: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, stream, index])
+    def rng(self, index: int, stream: int, epoch: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, stream, epoch, index])
 
-    def __call__(self, ids: np.ndarray, index: int, stream: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """(masked input ids, labels) of sample ``index``; stream 0 = train, 1 = valid."""
-        rng = self.rng(index, stream)
+    def __call__(self, ids: np.ndarray, index: int, stream: int = 0, epoch: int = 0
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """(masked input ids, labels) of sample ``index`` in ``epoch``; stream 0 = train, 1 = valid."""
+        if epoch < 0:
+            raise ValueError(f"epoch={epoch} must be >= 0")
+        rng = self.rng(index, stream, epoch)
         ids = np.asarray(ids, dtype=np.int64)
         labels = np.full(ids.shape, IGNORE, dtype=np.int64)
         maskable = ~self.special[ids]
@@ -79,8 +104,8 @@ class Masker:
             return ids.copy(), labels
         budget = max(1, int(round(positions.size * self.config.mask_prob)))
 
-        # Words over the maskable positions: a new word at each word start, and after a gap
-        # (a special token in between).
+        # Units over the maskable positions: a new one at each word start (at every token
+        # without word grouping), and after a gap (a special token in between).
         starts = self.word_start[ids[positions]]
         starts[0] = True
         starts[1:] |= np.diff(positions) > 1
@@ -88,7 +113,7 @@ class Masker:
         word_end = np.append(word_begin[1:], positions.size)
         n_words = word_begin.size
 
-        # Spans of n consecutive words, P(n) ~ 1/n, laid end to end over the sequence.
+        # Spans of n consecutive units, P(n) ~ 1/n, laid end to end over the sequence.
         if self.config.max_ngram > 1:
             sizes = rng.choice(self.ngram_sizes, size=n_words, p=self.ngram_probs)
         else:

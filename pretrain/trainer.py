@@ -54,7 +54,7 @@ class Trainer:
             train.check_tokenizer(run.tokenizer)  # another vocabulary would misread the ids
         tokenizer_path = run.tokenizer or str(train.tokenizer_dir)
         self.tokenizer = load_tokenizer(tokenizer_path)
-        self.model_config = config.model_config()
+        self.model_config = config.model_config(log=self.out.print)
         if self.model_config.vocab_size < self.tokenizer.vocab_size:
             raise ConfigError(f"model vocab_size {self.model_config.vocab_size} < tokenizer vocab_size "
                               f"{self.tokenizer.vocab_size} ({tokenizer_path}): token ids would overflow the "

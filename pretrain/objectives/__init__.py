@@ -49,8 +49,9 @@ class Objective(nn.Module):
     masking_defaults: ClassVar[dict] = {}  # e.g. {"replace_with_mask": 1.0}: MaskingConfig fields
 
     @classmethod
-    def resolve_model_config(cls, model_config: DebertaConfig, given: frozenset, log) -> DebertaConfig:
-        """The model config to train, from the one the user described; ``given`` names the fields
+    def resolve_model_config(cls, options, model_config: DebertaConfig, given: frozenset, log) -> DebertaConfig:
+        """The model config to train, from the one the user described (and the objective's
+        ``options``); ``given`` names the fields
         the user set explicitly (``--set_model``, a JSON model config), ``log`` prints a line on
         rank 0. Called once when a run starts (not by ``from_description``: checkpoints hold the
         result)."""

@@ -30,7 +30,7 @@ from deberta.cli import option
 
 from ..metrics import AUC_BINS, auc_from_histograms, forward_flops_per_token
 from . import Objective, training_flops
-from .mlm import mlm_figures, mlm_metrics, tie_output_to_embedding
+from .mlm import mlm_figures, mlm_metrics, tie_output_to_embedding, with_position_decoder
 
 SHARING = ("gdes", "shared", "none")
 
@@ -92,6 +92,16 @@ def generator_config(options: RTDOptions, model_config: DebertaConfig) -> Debert
 
 class ReplacedTokenDetection(Objective):
     Options = RTDOptions
+    # The official RTD task masks the generator's targets with [MASK] only (mask_prob 1, keep_prob 0
+    # in rtd_task.py), at subword level (max_ngram 1).
+    masking_defaults = {"replace_with_mask": 1.0, "replace_with_random": 0.0}
+
+    @classmethod
+    def resolve_model_config(cls, options, model_config, given, log):
+        """The generator, when derived from this config, decodes with EMD as an MLM model does."""
+        if options.generator_config:
+            return model_config
+        return with_position_decoder(model_config, given, log, "the RTD generator")
 
     def __init__(self, options: RTDOptions, model_config: DebertaConfig, generator: DebertaConfig | None = None):
         super().__init__(options, model_config)

@@ -46,7 +46,7 @@ def test_masking_is_a_function_of_seed_and_index(tokenizer):
 @pytest.mark.parametrize("max_ngram", [1, 3])
 def test_masking_rates_and_whole_words(tokenizer, max_ngram):
     ids = _sequence(tokenizer)
-    masker = Masker(MaskingConfig(max_ngram=max_ngram), tokenizer, seed=0)
+    masker = Masker(MaskingConfig(max_ngram=max_ngram, whole_word=True), tokenizer, seed=0)  # words at n = 1 too
     actions, per_sequence = Counter(), []
     for i in range(300):
         masked, labels = masker(ids, i)
