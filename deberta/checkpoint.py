@@ -11,6 +11,11 @@ A native folder holds
 (pytorch.model.bin with model_config.json). Weights that the model lacks or that the file
 lacks are an error listing them; a head is only ever re-initialised when the caller asks
 for a different head than the folder's, and that is logged.
+
+The released DeBERTa-v3 repositories keep both official pretraining heads in their
+pytorch_model.bin (``mask_predictions.*``, the discriminator's RTD head, and
+``lm_predictions.*``): ``read_folder`` returns both under those names. Their generator,
+pytorch_model.generator.bin, is a bare state dict: ``read_weights_file``.
 """
 from __future__ import annotations
 
@@ -34,6 +39,8 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 OFFICIAL_WEIGHTS_FILE = "pytorch.model.bin"
 OFFICIAL_CONFIG_FILE = "model_config.json"
+# The released v3 repositories keep the RTD generator beside the discriminator, without a config.
+RELEASE_GENERATOR_FILE = "pytorch_model.generator.bin"
 BACKBONE_PREFIX = "deberta."
 
 # Hugging Face architecture suffixes <-> our heads.
@@ -45,6 +52,11 @@ HF_HEAD_SUFFIXES = {
     "ForQuestionAnswering": "question_answering",
     "ForMultipleChoice": "multiple_choice",
 }
+# The official pretraining heads, by our head names. A released v3 pytorch_model.bin carries
+# both: the discriminator's RTD head (mask_predictions) and an MLM head (lm_predictions).
+HEAD_PREFIXES = {"masked_lm": "lm_predictions.", "replaced_token_detection": "mask_predictions."}
+
+
 class CheckpointError(ValueError):
     """A model folder that cannot be loaded as asked."""
 
@@ -125,6 +137,46 @@ def _read_folder(path: Path, weights: bool):
         return config, _hf_head(values, state), reference_to_native(state, config) if weights else None
     raise FileNotFoundError(f"{path}: no {CONFIG_FILE}, and no official {OFFICIAL_WEIGHTS_FILE} with "
                             f"{OFFICIAL_CONFIG_FILE}")
+
+
+def read_weights_file(file: str | Path, like: DebertaConfig) -> tuple[DebertaConfig, str, dict[str, torch.Tensor]]:
+    """(config, head, state dict in native names) of a bare weights file: a state dict under
+    the official or Hugging Face names, without a config, such as the released v3
+    repositories' pytorch_model.generator.bin (the official MaskedLanguageModel: ``deberta.*``
+    and ``lm_predictions.lm_head.*``). Its config is ``like`` (the model it was released
+    with) with what the weights show: depth, width, intermediate size, vocabulary, embedding
+    size, and the enhanced mask decoder where absolute positions are stored."""
+    file = Path(file)
+    if not file.is_file():
+        raise FileNotFoundError(f"weights file not found: {file}")
+    # Memory-mapped: tensors are read when copied into a model, never when only the config is asked for.
+    state = load_file(str(file)) if file.suffix == ".safetensors" else _torch_load(file, mmap=True)
+    if any(k.startswith(("embeddings.", "encoder.")) for k in state):
+        state = {(BACKBONE_PREFIX + k if k.startswith(("embeddings.", "encoder.")) else k): v for k, v in state.items()}
+
+    def shape(name: str) -> tuple:
+        if name not in state:
+            raise CheckpointError(f"{file}: no {name}: not a DeBERTa state dict")
+        return tuple(state[name].shape)
+
+    vocab_size, embedding_size = shape(BACKBONE_PREFIX + "embeddings.word_embeddings.weight")
+    hidden = shape(BACKBONE_PREFIX + "embeddings.LayerNorm.weight")[0]
+    layers = {int(m.group(1)) for k in state if (m := re.match(r"^deberta\.encoder\.layer\.(\d+)\.", k))}
+    values = {**like.to_dict(), "vocab_size": vocab_size, "embedding_size": embedding_size, "hidden_size": hidden,
+              "num_hidden_layers": len(layers),
+              "intermediate_size": shape(BACKBONE_PREFIX + "encoder.layer.0.intermediate.dense.weight")[0]}
+    if hidden != like.hidden_size:  # heads of the same size as the model's
+        values.update(num_attention_heads=hidden // like.attention_head_size,
+                      attention_head_size=like.attention_head_size)
+    positions = BACKBONE_PREFIX + "embeddings.position_embeddings.weight"
+    if positions in state:
+        values["max_position_embeddings"] = shape(positions)[0]
+    values["emd_layers"] = 2 if positions in state and not like.position_biased_input else 0
+    try:
+        config = DebertaConfig.from_dict(values)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{file}: {error}") from None
+    return config, _hf_head({}, state), reference_to_native(state, config)
 
 
 def load_model(path: str | Path, head: str | None = None, **config_overrides) -> DebertaPreTrained:

@@ -39,6 +39,12 @@ class RunConfig:
     model_config: str = option("deberta-v3-base", "preset name or JSON file of DebertaConfig fields "
                                                   "(for RTD: the discriminator)")
     set_model: str = option("", 'DebertaConfig overrides, e.g. "hidden_size=64,num_hidden_layers=2"')
+    init_model: str = option("", "continued pretraining: model folder (native, Hugging Face or official) of the "
+                                 "MLM model or the RTD discriminator; the architecture is then the folder's "
+                                 "(--set_model: dropout and attention_backend only)")
+    init_generator: str = option("", "RTD: the generator's model folder or weights file (default: "
+                                     "pytorch_model.generator.bin or generator/ beside --init_model; else a "
+                                     "fresh generator, logged)")
     tokenizer: str = option("", "tokenizer file or folder (default: the one data_prep stored with the data)")
     output_dir: str = option("runs/pretrain", "run folder: checkpoints/, tensorboard/, metrics.jsonl, eval.jsonl")
     max_steps: int = option(1000, "optimizer steps of the whole run (the schedule decays to 0 there)")
@@ -54,6 +60,8 @@ class RunConfig:
             raise ValueError(f"max_steps={self.max_steps}, log_interval={self.log_interval} and "
                              f"eval_interval={self.eval_interval} must be >= 1")
         objective_class(self.objective)  # a bad name or module fails here, naming it
+        if self.init_generator and not self.init_model:
+            raise ValueError("init_generator needs init_model (the discriminator the generator was trained with)")
 
 
 @dataclass
@@ -94,6 +102,9 @@ class TrainConfig:
         given = frozenset(overrides) | json_fields(self.run.model_config)
         if self.run.attention_backend:
             overrides["attention_backend"] = self.run.attention_backend
+        if self.run.init_model:  # the folder's architecture, as stored (pretrain/init_weights.py)
+            from .init_weights import folder_model_config
+            return folder_model_config(self.run.init_model, overrides)
         return self.objective_class.resolve_model_config(self.objective, model_config(self.run.model_config, overrides),
                                                          given, log)
 

@@ -33,6 +33,7 @@ from training.sync import NonFiniteLoss, StepAgreement, StepTotals, stop_request
 from .checkpoint import CheckpointManager, ResumeError
 from .config import TrainConfig, parse_args
 from .data import TRAIN_STREAM, VALID_STREAM, MaskedSequences, TrainOrder, train_loader, valid_batches
+from .init_weights import build_objective
 from .masking import Masker
 
 # Test hook: rank 0 records a NaN loss in this (1-based) step, before the objective runs it.
@@ -68,7 +69,9 @@ class Trainer:
 
         # Objective and engines. Every rank builds the same initial weights from the seed.
         torch.manual_seed(run.seed)
-        self.objective = config.objective_class(config.objective, self.model_config)
+        # --init_model / --init_generator: released weights, read only when the run starts.
+        self.objective = build_objective(config, self.model_config, self.tokenizer, tokenizer_path,
+                                         self.output_dir / "checkpoints", self.out.print)
         if run.activation_checkpointing:
             for module in self.objective.modules():
                 if hasattr(module, "gradient_checkpointing_enable"):

@@ -72,6 +72,16 @@ class Objective(nn.Module):
         return cls(cls.Options(**description.get("options", {})),
                    DebertaConfig.from_dict(description["model_config"]))
 
+    @classmethod
+    def from_pretrained(cls, options, model_config: DebertaConfig, init_model: str, init_generator: str,
+                        weights: bool, log) -> "Objective":
+        """Continued pretraining: the objective on the weights of the model folder ``init_model``
+        (``model_config`` is that folder's architecture, runtime overrides applied) and, for a
+        second model, ``init_generator``. ``weights`` is False when the run resumes: build
+        the architecture only. Helpers: ``pretrain.init_weights``."""
+        raise ValueError(f"--init_model: the objective {cls.__module__}.{cls.__name__} cannot start from a model "
+                         f"folder (it does not implement Objective.from_pretrained)")
+
     # --- training -----------------------------------------------------------------------
     def engine_modules(self) -> dict[str, nn.Module]:
         """The modules that get an optimizer (a DeepSpeed engine) each, stepped in this order,

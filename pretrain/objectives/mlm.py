@@ -70,6 +70,11 @@ class MaskedLanguageModeling(Objective):
         self.model = DebertaForMaskedLM(model_config)
         tie_output_to_embedding(self.model)
 
+    @classmethod
+    def from_pretrained(cls, options, model_config, init_model, init_generator, weights, log):
+        from ..init_weights import mlm_from_pretrained
+        return mlm_from_pretrained(cls, options, model_config, init_model, init_generator, weights, log)
+
     def forward(self, input_ids, attention_mask, labels, original_ids=None):
         out = self.model(input_ids, attention_mask, labels=labels)
         return out.loss, mlm_metrics(out.logits, out.loss, labels)

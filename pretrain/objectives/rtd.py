@@ -132,6 +132,13 @@ class ReplacedTokenDetection(Objective):
         return cls(options, DebertaConfig.from_dict(description["model_config"]),
                    generator=DebertaConfig.from_dict(description["generator_config"]))
 
+    @classmethod
+    def from_pretrained(cls, options, model_config, init_model, init_generator, weights, log):
+        """The discriminator from ``init_model``, the generator from ``init_generator`` or found
+        beside it (else a fresh one, logged); GDES keeps the discriminator's table exactly."""
+        from ..init_weights import rtd_from_pretrained
+        return rtd_from_pretrained(cls, options, model_config, init_model, init_generator, weights, log)
+
     def forward(self, input_ids, attention_mask, labels, original_ids):
         generated = self.generator(input_ids, attention_mask, labels=labels)
         targets = labels != -100
