@@ -13,6 +13,7 @@ on SIGTERM.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
@@ -82,9 +83,11 @@ class Trainer:
         self.micro = self.ds_config["train_micro_batch_size_per_gpu"]
         self.accumulation = self.ds_config["gradient_accumulation_steps"]
         self.precision = precision_of(self.ds_config)
-        self.engines = {name: build_engine(module, self.ds_config, config.optimizer, run.max_steps)
+        self.engines = {name: build_engine(module, self.ds_config,
+                                           dataclasses.replace(config.optimizer,
+                                                               **self.objective.optimizer_overrides(name)),
+                                           run.max_steps)
                         for name, module in self.objective.engine_modules().items()}
-        self.first_engine = next(iter(self.engines.values()))
         torch.manual_seed(run.seed * 1000 + self.rank + 1)  # dropout and sampling differ across ranks
 
         self.checkpoints = CheckpointManager(self.output_dir / "checkpoints", config.checkpoint.keep_checkpoints,
@@ -191,7 +194,7 @@ class Trainer:
         agreement.record({"data_wait": time.perf_counter() - waited})
         if self.inject_step == self.step + 1 and self.rank == 0:
             agreement.record({"loss": torch.tensor(float("nan"))})
-        skipped_before = self.first_engine.skipped_steps
+        skipped_before = {name: engine.skipped_steps for name, engine in self.engines.items()}
         self.objective.train_step(micro_batches, self.engines, agreement)
         reduced = agreement.result
         self.step += 1
@@ -199,30 +202,42 @@ class Trainer:
         tokens = int(reduced["tokens"])
         self.tokens_seen += tokens
         throughput.add(tokens, float(reduced["data_wait"]) / self.world)
-        overflowed = self.first_engine.skipped_steps > skipped_before
+        overflowed = [name for name, engine in self.engines.items() if engine.skipped_steps > skipped_before[name]]
         if overflowed:
             self.skipped += 1
-            self.out.print(f"step {self.step}: fp16 overflow, update skipped, loss scale now "
-                           f"{loss_scale(self.first_engine)} ({self.skipped} skipped so far)")
+            scales = ", ".join(f"{name or 'model'} {loss_scale(self.engines[name])}" for name in overflowed)
+            self.out.print(f"step {self.step}: fp16 overflow, update skipped, loss scale now {scales} "
+                           f"({self.skipped} skipped so far)")
         figures = self.objective.summarize(reduced, training=True)
-        self.out.jsonl("metrics.jsonl", {"step": self.step, **figures, "lr": self.first_engine.get_lr()[0],
-                                         "samples": self.consumed, "skipped": overflowed})
+        lrs = {k: v for k, v in self.engine_figures().items() if k.endswith("lr")}
+        self.out.jsonl("metrics.jsonl", {"step": self.step, **figures, **lrs, "samples": self.consumed,
+                                         "skipped": bool(overflowed)})
         return figures, stop_requested(reduced)
+
+    def engine_figures(self) -> dict:
+        """Learning rate, gradient norm (after the last update; None where DeepSpeed does not
+        compute one) and fp16 loss scale of each engine, named after it when there are several."""
+        figures = {}
+        for name, engine in self.engines.items():
+            prefix = f"{name}_" if name else ""
+            norm = engine.get_global_grad_norm()
+            figures[prefix + "lr"] = engine.get_lr()[0]
+            figures[prefix + "grad_norm"] = float(norm) if norm is not None else None
+            figures[prefix + "loss_scale"] = loss_scale(engine)
+        return figures
 
     def log_progress(self, figures: dict, throughput: Throughput, remaining_s: float) -> None:
         tokens_per_s, tflops, data_wait = throughput.report()
-        grad_norm = self.first_engine.get_global_grad_norm()
-        grad_norm = float(grad_norm) if grad_norm is not None else None
-        scale, lr = loss_scale(self.first_engine), self.first_engine.get_lr()[0]
-        self.out.scalars("train", {**figures, "lr": lr, "grad_norm": grad_norm, "loss_scale": scale,
-                                   "skipped_steps": self.skipped, "tokens_per_s": tokens_per_s,
+        engines = self.engine_figures()
+        self.out.scalars("train", {**figures, **engines, "skipped_steps": self.skipped, "tokens_per_s": tokens_per_s,
                                    "model_tflops": tflops, "data_wait_fraction": data_wait}, self.step)
+        shown = {k: v for k, v in engines.items() if v is not None}
         self.out.print(
-            f"step {self.step}/{self.config.run.max_steps} | " + " | ".join(f"{k} {v:.4f}" for k, v in figures.items())
-            + f" | lr {lr:.3g} | grad norm {grad_norm if grad_norm is None else f'{grad_norm:.3f}'}"
-            f"{'' if scale is None else f' | scale {scale:g}'} | skipped {self.skipped} | "
-            f"{tokens_per_s:,.0f} tok/s | {tflops:.3f} TFLOP/s | data wait {data_wait:.0%} | samples {self.consumed:,} | "
-            f"ETA {eta(remaining_s)}")
+            f"step {self.step}/{self.config.run.max_steps} | "
+            + " | ".join(f"{k} {v:.4f}" for k, v in figures.items()) + " | "
+            + " | ".join(f"{k.replace('_', ' ')} {v:.3g}" for k, v in shown.items())
+            + f" | skipped {self.skipped} | {tokens_per_s:,.0f} tok/s | {tflops:.3f} TFLOP/s | "
+            f"data wait {data_wait:.0%} | samples {self.consumed:,} | ETA {eta(remaining_s)}")
 
     # --- evaluation -------------------------------------------------------------------
     def evaluate(self) -> dict:

@@ -88,6 +88,10 @@ class Objective(nn.Module):
         by their attribute path in the objective ("": the objective itself, the default)."""
         return {"": self}
 
+    def optimizer_overrides(self, engine_name: str) -> dict:
+        """OptimizerConfig fields that differ for one engine (e.g. its learning rate)."""
+        return {}
+
     def train_step(self, micro_batches: Sequence[Mapping[str, torch.Tensor]], engines: Mapping,
                    agreement: StepAgreement) -> None:
         """One optimizer step over ``micro_batches``. Record each micro-batch's metric tensors

@@ -43,10 +43,19 @@ class RTDOptions:
     generator_config: str = option("", "generator architecture: preset name or JSON file "
                                        "(default: the discriminator at half depth)")
     sampling_temperature: float = option(1.0, "of the generator's softmax when sampling replacements")
+    decoupled_training: bool = option(True, "generator and discriminator each with its own optimizer (Adam state, "
+                                            "gradient clipping, fp16 loss scale, learning rate), the generator "
+                                            "updated first, then the discriminator on its samples (the authors' v3 "
+                                            "default); false: one optimizer on the joint loss")
+    discriminator_lr: float = option(0.0, "the discriminator's peak learning rate when decoupled (0: --lr)")
 
     def __post_init__(self):
         if self.embedding_sharing not in SHARING:
             raise ValueError(f"embedding_sharing={self.embedding_sharing!r}; allowed: {SHARING}")
+        if self.discriminator_lr < 0:
+            raise ValueError(f"discriminator_lr={self.discriminator_lr} must be >= 0 (0: --lr)")
+        if self.discriminator_lr and not self.decoupled_training:
+            raise ValueError("discriminator_lr needs decoupled_training: one optimizer has one learning rate")
         if self.rtd_lambda <= 0 or self.sampling_temperature <= 0:
             raise ValueError(f"rtd_lambda={self.rtd_lambda} and sampling_temperature="
                              f"{self.sampling_temperature} must be > 0")
@@ -127,7 +136,8 @@ class ReplacedTokenDetection(Objective):
 
     @classmethod
     def from_description(cls, description):
-        options = RTDOptions(**{**description.get("options", {}),
+        # Checkpoints written before decoupled training existed trained the joint loss.
+        options = RTDOptions(**{"decoupled_training": False, **description.get("options", {}),
                                 "embedding_sharing": description["embedding_sharing"], "generator_config": ""})
         return cls(options, DebertaConfig.from_dict(description["model_config"]),
                    generator=DebertaConfig.from_dict(description["generator_config"]))
@@ -139,8 +149,66 @@ class ReplacedTokenDetection(Objective):
         from ..init_weights import rtd_from_pretrained
         return rtd_from_pretrained(cls, options, model_config, init_model, init_generator, weights, log)
 
+    # --- one optimizer on the joint loss (the objective is the engine's module) ------------
     def forward(self, input_ids, attention_mask, labels, original_ids):
-        generated = self.generator(input_ids, attention_mask, labels=labels)
+        generated, replaced_ids, rtd_labels = self.generate(self.generator, input_ids, attention_mask, labels,
+                                                            original_ids)
+        judged, metrics = self.judge(self.discriminator, replaced_ids, attention_mask, rtd_labels)
+        loss = generated.loss + self.options.rtd_lambda * judged.loss
+        return loss, {**mlm_metrics(generated.logits, generated.loss, labels), **metrics}
+
+    # --- decoupled: one engine each, the generator updated first ---------------------------
+    def engine_modules(self):
+        if not self.options.decoupled_training:
+            return super().engine_modules()
+        return {"generator": self.generator, "discriminator": self.discriminator}
+
+    def optimizer_overrides(self, engine_name):
+        if engine_name == "discriminator" and self.options.discriminator_lr:
+            return {"lr": self.options.discriminator_lr}
+        return {}
+
+    def train_step(self, micro_batches, engines, agreement):
+        """The authors' order: every micro-batch through the generator (its MLM loss, and the
+        sampled replacements, made before the update), the generator's update, then every
+        micro-batch's replacements through the discriminator (its loss scaled by lambda, as
+        the authors' code does, so that clipping sees the same gradients) and its update."""
+        if not self.options.decoupled_training:
+            return super().train_step(micro_batches, engines, agreement)
+        generator, discriminator = engines["generator"], engines["discriminator"]
+        judged_inputs = []
+        for index, batch in enumerate(micro_batches):
+            generated, replaced_ids, rtd_labels = self.generate(generator, batch["input_ids"], batch["attention_mask"],
+                                                                batch["labels"], batch["original_ids"])
+            generator.backward(generated.loss)
+            agreement.record({"loss": generated.loss.detach(),
+                              **mlm_metrics(generated.logits, generated.loss, batch["labels"])})
+            judged_inputs.append((replaced_ids, rtd_labels))
+            if index == len(micro_batches) - 1:
+                agreement.agree()
+            generator.step()
+        for index, (batch, (replaced_ids, rtd_labels)) in enumerate(zip(micro_batches, judged_inputs)):
+            judged, metrics = self.judge(discriminator, replaced_ids, batch["attention_mask"], rtd_labels)
+            loss = self.options.rtd_lambda * judged.loss
+            discriminator.backward(loss)
+            agreement.record({"loss": loss.detach(), **metrics})
+            if index == len(micro_batches) - 1:
+                agreement.agree()
+            discriminator.step()
+
+    def eval_batch(self, batch, engines):
+        if not self.options.decoupled_training:
+            return super().eval_batch(batch, engines)
+        generated, replaced_ids, rtd_labels = self.generate(engines["generator"], batch["input_ids"],
+                                                            batch["attention_mask"], batch["labels"],
+                                                            batch["original_ids"])
+        _, metrics = self.judge(engines["discriminator"], replaced_ids, batch["attention_mask"], rtd_labels)
+        return {**mlm_metrics(generated.logits, generated.loss, batch["labels"]), **metrics}
+
+    # --- the two halves, through modules or their engines ----------------------------------
+    def generate(self, generator, input_ids, attention_mask, labels, original_ids):
+        """(generator output, the sequence with the sampled replacements, replaced-or-not labels)."""
+        generated = generator(input_ids, attention_mask, labels=labels)
         targets = labels != -100
         with torch.no_grad():
             probs = F.softmax(generated.logits.float() / self.options.sampling_temperature, dim=-1)
@@ -148,21 +216,23 @@ class ReplacedTokenDetection(Objective):
             replaced_ids = original_ids.clone()
             replaced_ids[targets] = sampled
             rtd_labels = (replaced_ids != original_ids).long()
-        judged = self.discriminator(replaced_ids, attention_mask, labels=rtd_labels)
-        loss = generated.loss + self.options.rtd_lambda * judged.loss
+        return generated, replaced_ids, rtd_labels
 
+    def judge(self, discriminator, replaced_ids, attention_mask, rtd_labels):
+        """(discriminator output, its metric tensors over the real tokens; in evaluation also
+        the score histograms of replaced and original tokens, for the AUC)."""
+        judged = discriminator(replaced_ids, attention_mask, labels=rtd_labels)
         real = attention_mask.bool()
         count = real.sum()
-        metrics = {**mlm_metrics(generated.logits, generated.loss, labels),
-                   "rtd_loss_sum": judged.loss.detach().double() * count, "rtd_count": count,
+        metrics = {"rtd_loss_sum": judged.loss.detach().double() * count, "rtd_count": count,
                    "rtd_correct": ((judged.logits.detach() > 0) == rtd_labels.bool())[real].sum(),
                    "replaced": rtd_labels[real].sum()}
-        if not self.training:  # score histograms of replaced and original tokens, for the AUC
+        if not self.discriminator.training:
             scores = torch.sigmoid(judged.logits.detach().float())[real].double()
             replaced = rtd_labels[real].bool()
             metrics["auc_replaced"] = torch.histc(scores[replaced], AUC_BINS, 0, 1)
             metrics["auc_original"] = torch.histc(scores[~replaced], AUC_BINS, 0, 1)
-        return loss, metrics
+        return judged, metrics
 
     def summarize(self, totals, training):
         figures = mlm_figures(totals)
