@@ -71,11 +71,11 @@ def main(argv=None) -> int:
                "majority_baseline": majority_accuracy(Path(args.data_dir) / "dev.tsv"), "runs": {}}
     for sift in [s for s in (False, True) if not (s and args.no_sift) and not (not s and args.sift_only)]:
         name = "sift" if sift else "plain"
-        config = FinetuneConfig(task="sst-2", data_dir=args.data_dir, model=model, output_dir=str(output / name),
-                                max_train_examples=args.max_train_examples, epochs=args.epochs,
-                                batch_size=args.batch_size, learning_rate=args.learning_rate,
-                                max_seq_length=args.max_seq_length, eval_batch_size=256, sift=sift,
-                                eval_interval=200, log_interval=50, warmup_ratio=0.06)
+        config = FinetuneConfig.create(
+            task="sst-2", data_dir=args.data_dir, model=model, output_dir=str(output / name),
+            max_train_examples=args.max_train_examples, epochs=args.epochs, micro_batch_size=args.batch_size,
+            lr=args.learning_rate, max_seq_length=args.max_seq_length, eval_batch_size=256, sift=sift,
+            eval_interval=200, log_interval=50, warmup_ratio=0.06)
         started = time.time()
         best = Trainer(config).train()
         summary["runs"][name] = {"dev_accuracy": best["accuracy"], "best_step": best["step"],
