@@ -28,8 +28,9 @@ recipe reproduces that with ``adam_bias_correction false`` (a flag of ours; torc
 always corrects). lambda: the paper's 50 everywhere; the official code's default is 10
 (rtd_task.py ``--rtd_lambda`` default=10) and rtd.sh does not set it.
 
-Settings the official v3 scripts use that are not flags here yet (they are being added):
-``PENDING`` holds them with their sources, and ``--recipe`` does not apply them.
+The v3 recipes train decoupled (``decoupled_training``, the discriminator at the
+generator's learning rate), as every official rtd.sh case. The ``*-continue`` recipes need
+the released weights (``--init_model``, ``--init_generator``), which they leave to the user.
 """
 from __future__ import annotations
 
@@ -146,6 +147,13 @@ _OPTIMIZER_OF_CODE = dict(  # the official scripts set none of these: the code's
 
 _LAMBDA = (50.0, Paper(DEBERTA_V3, "section DeBERTa with RTD", "lambda = 50; the official code's default is 10 "
                        "(rtd_task.py --rtd_lambda default=10) and rtd.sh does not set it"))
+_DECOUPLED = dict(  # the official v3 loop: two optimizers, the discriminator at the generator's lr
+    decoupled_training=(True, Code(RTD_TASK, "'--decoupled_training', type=boolean_string, default=True",
+                                   "and every rtd.sh case passes --decoupled_training True")),
+    discriminator_lr=(0.0, Code(RTD_TASK, "'--discriminator_learning_rate', type=float, default=-1",
+                                "not > 0, so the discriminator takes --learning_rate (ours: 0 = --lr); "
+                                "rtd.sh does not set it")),
+)
 _GDES = ("gdes", Paper(DEBERTA_V3, "section Gradient-Disentangled Embedding Sharing",
                        "gradient-disentangled embedding sharing, the v3 method"))
 _RTD_MASK = dict(  # the official RTD task's masker: NGramMaskGenerator(max_gram=1, keep_prob=0, mask_prob=1)
@@ -225,7 +233,7 @@ def _v3_paper(size: str) -> Recipe:
         PAPER,
         dict(objective=("rtd", Paper(DEBERTA_V3, "section DeBERTa with RTD", "replaced token detection")),
              model_config=model, lr=lr, global_batch_size=batch, max_steps=steps, **_optimizer_of_paper(),
-             rtd_lambda=_LAMBDA, embedding_sharing=_GDES, **_RTD_MASK))
+             rtd_lambda=_LAMBDA, embedding_sharing=_GDES, **_DECOUPLED, **_RTD_MASK))
 
 
 def _v3_script(size: str, case: Optional[str], lr_text: str, batch: int) -> Recipe:
@@ -245,7 +253,7 @@ def _v3_script(size: str, case: Optional[str], lr_text: str, batch: int) -> Reci
         described = f"rtd.sh {case}"
     return Recipe(
         f"DeBERTa-v3 {size} RTD as the official demonstration script runs it ({described}: wikitext-103, "
-        f"batch {batch}, lr {lr_text}, 1M steps; decoupled training once the flag exists, see PENDING)",
+        f"batch {batch}, lr {lr_text}, 1M steps; decoupled training)",
         SCRIPT,
         dict(objective=("rtd", Script(RTD_SH, None, "Task=", "RTD")),
              model_config=model, lr=(lr, lr_source), global_batch_size=(batch, batch_source),
@@ -254,7 +262,7 @@ def _v3_script(size: str, case: Optional[str], lr_text: str, batch: int) -> Reci
              **_OPTIMIZER_OF_CODE, rtd_lambda=_LAMBDA,
              embedding_sharing=("gdes", Code(f"experiments/language_model/rtd_{size}.json",
                                              "\"embedding_sharing\": \"gdes\"")),
-             **_RTD_MASK))
+             **_DECOUPLED, **_RTD_MASK))
 
 
 def _v3_continue(size: str) -> Recipe:
@@ -271,8 +279,8 @@ def _v3_continue(size: str) -> Recipe:
         f"Continued RTD pretraining of the released DeBERTa-v3 {size} (discriminator and generator) as "
         f"rtd.sh's -continue cases run it{'' if in_script else ' (rtd.sh has it for xsmall and small only: '}"
         f"{'' if in_script else 'their values)'}: lr 5e-5, batch 256, 10K warm-up, 100K steps. Give the "
-        "released weights with --init_model DIR (the discriminator) and --init_generator PATH once those flags "
-        "exist; the recipe names no path",
+        "released weights with --init_model DIR (the discriminator; its pytorch_model.generator.bin is found "
+        "beside it) or --init_generator PATH: the recipe names no path",
         SCRIPT,
         dict(objective=("rtd", Script(RTD_SH, None, "Task=", "RTD")),
              model_config=(f"deberta-v3-{size}", Script(RTD_SH, case if in_script else f"deberta-v3-{size}",
@@ -284,7 +292,7 @@ def _v3_continue(size: str) -> Recipe:
              **_OPTIMIZER_OF_CODE, rtd_lambda=_LAMBDA,
              embedding_sharing=("gdes", Code(f"experiments/language_model/rtd_{size}.json",
                                              "\"embedding_sharing\": \"gdes\"")),
-             **_RTD_MASK))
+             **_DECOUPLED, **_RTD_MASK))
 
 
 CATALOGUE: dict[str, Recipe] = {
@@ -304,16 +312,9 @@ CATALOGUE: dict[str, Recipe] = {
 RECIPES: dict[str, dict] = {name: recipe.values for name, recipe in CATALOGUE.items()}
 SOURCES: dict[str, dict[str, Source]] = {name: recipe.sources for name, recipe in CATALOGUE.items()}
 
-# Official v3 settings whose flags do not exist yet: not applied by --recipe (an unknown
+# Official settings whose flags do not exist (yet): not applied by --recipe (an unknown
 # name makes --recipe fail). Move an entry into its recipe when the flag lands.
-_DECOUPLED = Code(RTD_TASK, "'--decoupled_training', type=boolean_string, default=True",
-                  "and every rtd.sh case passes --decoupled_training True")
-_SAME_LR = Code(RTD_TASK, "'--discriminator_learning_rate', type=float, default=-1",
-                "not > 0, so the discriminator takes --learning_rate; rtd.sh does not set it")
-PENDING: dict[str, dict] = {
-    **{f"deberta-v3-{size}-{kind}": dict(decoupled_training=(True, _DECOUPLED), discriminator_lr=(0.0, _SAME_LR))
-       for size in ("xsmall", "small", "base", "large") for kind in ("rtd", "rtd-script", "continue")},
-}
+PENDING: dict[str, dict] = {}
 
 
 def describe(name: str) -> str:
