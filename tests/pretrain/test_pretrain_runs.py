@@ -6,6 +6,7 @@ several tests inspect are module fixtures so they happen once.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import signal
 import subprocess
@@ -314,3 +315,13 @@ def test_joint_rtd_with_one_optimizer(corpus_shards, tmp_path):
     assert not (tmp_path / "checkpoints" / "step_00000006" / "generator").exists()
     evals = read_jsonl(tmp_path / "eval.jsonl")
     assert evals[-1]["loss"] < evals[0]["loss"]
+
+
+def test_decoupled_rtd_in_bf16_on_zero1_with_accumulation(corpus_shards, tmp_path):
+    result = run_deepspeed(train_args(corpus_shards, tmp_path, objective="rtd", ds_config="ds_configs/zero1_bf16.json",
+                                      max_steps=4, micro_batch_size=4, grad_accum=2, eval_interval=4, save_interval=4,
+                                      log_interval=1))
+    assert result.returncode == 0, explain(result)
+    assert "bf16 | ZeRO 1" in result.stdout and "discriminator grad norm" in result.stdout
+    steps = read_jsonl(tmp_path / "metrics.jsonl")
+    assert len(steps) == 4 and all(math.isfinite(s["loss"]) for s in steps)
