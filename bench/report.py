@@ -19,6 +19,9 @@ PAGE = REPO / "docs" / "benchmarks.md"
 
 # Benchmarks in the order of the page, with what each measures and how it is started.
 BENCHMARKS = {
+    "main_job": ("The main job", "python -m bench.main_job",
+                 "`bash pretrain/run_example.sh` end to end: its validation figures at the first and the last "
+                 "evaluation (deterministic on CPU: a changed figure is a changed behaviour)."),
     "model_step": ("Model step", "python -m bench.model_step",
                    "Forward + backward of our DeBERTa against transformers' DebertaV2Model / "
                    "DebertaV2ForMaskedLM with the same config and input, each in its own process. The MLM "
