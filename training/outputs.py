@@ -4,7 +4,9 @@
     OUTPUT/eval.jsonl        one JSON line per evaluation
     OUTPUT/tensorboard/      the same values as TensorBoard scalars (train/..., eval/...)
     OUTPUT/summary.json      how the run ended (written atomically)
-and the progress line on stdout.
+and the progress line on stdout. A run that resumes from a checkpoint of step N calls
+``Outputs.truncate_to(N)`` first: the lines and TensorBoard points of later steps, written
+by the attempt that was stopped, are dropped, so that each step appears once.
 """
 from __future__ import annotations
 
@@ -47,9 +49,43 @@ class Outputs:
         if self.rank == 0:
             atomic_write(self.output_dir / name, json.dumps(record, indent=1) + "\n")
 
+    def truncate_to(self, step: int, logs: tuple[str, ...] = ("metrics.jsonl", "eval.jsonl")) -> None:
+        """Forget what was logged after ``step`` (0: everything), before a run resumes from a
+        checkpoint of that step: the JSON-lines logs keep their records up to it, and TensorBoard
+        hides the later points of the earlier attempt (``purge_step``)."""
+        if self.rank != 0:
+            return
+        for name in logs:
+            truncate_jsonl(self.output_dir / name, step)
+        if self.writer is not None:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer.close()
+            self.writer = SummaryWriter(str(self.tensorboard_dir), purge_step=step + 1)
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def truncate_jsonl(path: Path, last_step: int) -> int:
+    """Keep the records of ``path`` whose ``step`` is at most ``last_step`` (and those without
+    one), dropping a last line that a kill cut short; the file is replaced atomically. Returns
+    the number of lines dropped (0 when the file does not exist)."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line) if line.endswith("\n") else None
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict) and record.get("step", last_step) <= last_step:
+            kept.append(line)
+    if len(kept) != len(lines):
+        atomic_write(path, "".join(kept))
+    return len(lines) - len(kept)
 
 
 class Throughput:
