@@ -61,6 +61,9 @@ class TaskConfig:
     eval_batch_size: int = option(64, "examples per rank when evaluating")
     cls_dropout: Optional[float] = option(None, "classifier dropout (default: the model's)")
     seed: int = option(42, "initial head weights, data order and dropout")
+    seeds: str = option("1", "runs of the task: N (seeds --seed, --seed+1, ..., each in OUTPUT/seed_<s>/, then "
+                             "OUTPUT/seeds_summary.json with the median and spread), or a comma-separated list of "
+                             "seeds (1,2,3)")
     # SiFT
     sift: bool = option(False, "virtual adversarial training on normalised embeddings")
     sift_lambda: float = option(1.0, "weight of the adversarial loss")
@@ -76,6 +79,12 @@ class TaskConfig:
     progress_bar: bool = option(True, "print the progress line every --log_interval (metrics.jsonl is "
                                       "written either way)")
     tensorboard: bool = option(True, "write TensorBoard events to OUTPUT/tensorboard")
+    # checkpoints and resume
+    save_interval: int = option(1000, "optimizer steps between resumable checkpoints in OUTPUT/checkpoints (0: only "
+                                      "on SIGTERM); the same command run again resumes from the newest")
+    keep_checkpoints: int = option(1, "newest complete checkpoints kept (a completed run removes them; best/ is "
+                                      "its model)")
+    force_resume: bool = option(False, "resume although settings that define the run changed (they are listed)")
 
     def __post_init__(self):
         def fail(name, allowed):
@@ -91,7 +100,7 @@ class TaskConfig:
             if getattr(self, name) < 1:
                 fail(name, "an integer >= 1")
         for name in ("max_steps", "eval_interval", "early_stopping_patience", "max_train_examples",
-                     "max_eval_examples"):
+                     "max_eval_examples", "save_interval"):
             if getattr(self, name) < 0:
                 fail(name, "an integer >= 0")
         if self.max_seq_length < 8:
@@ -109,6 +118,27 @@ class TaskConfig:
             raise ValueError("--task custom needs --text_cols (one or two column names, comma-separated)")
         if self.text_cols and not 1 <= len(self.text_column_list) <= 2:
             fail("text_cols", "one or two column names")
+        if self.keep_checkpoints < 1:
+            fail("keep_checkpoints", "an integer >= 1")
+        self.seed_list  # a bad --seeds fails here, naming it
+
+    @property
+    def seed_list(self) -> list[int]:
+        """The seeds of the runs: --seeds N counts up from --seed; a list is taken as it is."""
+        spec = str(self.seeds).strip()
+        try:
+            if "," not in spec:
+                count = int(spec)
+                if count >= 1:
+                    return list(range(self.seed, self.seed + count))
+            else:
+                seeds = [int(item) for item in spec.split(",") if item.strip()]
+                if seeds and len(set(seeds)) == len(seeds):
+                    return seeds
+        except ValueError:
+            pass
+        raise ValueError(f"--seeds={self.seeds!r} is invalid; allowed: a number of runs >= 1, or a comma-separated "
+                         f"list of different integer seeds (e.g. 1,2,3)")
 
     @property
     def text_column_list(self) -> list[str]:
