@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from deberta.cli import Command, option
+from deberta.errors import run_command
 
 PROG = "python -m data_prep"
 
@@ -101,8 +102,12 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Dispatch on the first argument to the sub-command's own parser (exit 2 on a bad command line)."""
-    argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
+    """Dispatch on the first argument to the sub-command's own parser (exit 2 on a bad command
+    line); a problem with the inputs ends with one ``error:`` line (``deberta.errors``)."""
+    return run_command(_dispatch, argv)
+
+
+def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] in ("-h", "--help"):
         print(usage())
         return 0

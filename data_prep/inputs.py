@@ -30,12 +30,18 @@ from typing import Iterator
 import pyarrow
 import pyarrow.parquet
 
+from deberta.errors import InputError
+
 PROBLEM_KINDS = ("invalid_utf8", "empty_document", "broken_json", "missing_text_field",
                  "unreadable_file")
 
 
-class UnreadableInput(Exception):
+class UnreadableInput(InputError):
     """An input file that cannot be read as a whole (missing column, wrong type, ...)."""
+
+
+class BadInputPattern(InputError, ValueError):
+    """An ``--input`` that names no usable file; the message says which and why."""
 
 
 # Exceptions that mean "this input cannot be read", as opposed to a bug in this code.
@@ -107,8 +113,9 @@ def _file_format(path: str) -> tuple[str, bool]:
     for suffix, fmt in ((".txt", "txt"), (".jsonl", "jsonl"), (".parquet", "parquet")):
         if name.endswith(suffix):
             return fmt, path.endswith(".gz")
-    raise ValueError(f"{path}: unknown input format (expected .txt, .jsonl, .parquet, each "
-                     f"optionally .gz, or a folder saved by datasets.save_to_disk)")
+    raise BadInputPattern(f"{path}: unknown input format (expected .txt, .jsonl, .parquet, each "
+                          f"optionally .gz, or a folder saved by datasets.save_to_disk); rename it or leave it "
+                          f"out of --input")
 
 
 def _dataset_arrow_files(folder: Path) -> list[str]:
@@ -127,7 +134,8 @@ def find_inputs(patterns: list[str]) -> list[tuple[str, str, bool]]:
     for pattern in patterns:
         matches = sorted(glob.glob(pattern))
         if not matches:
-            raise FileNotFoundError(f"--input {pattern!r} matches no file")
+            raise BadInputPattern(f"--input {pattern!r} matches no file (relative to {os.getcwd()}); check the "
+                                  f"path, and quote a pattern so that the shell does not expand it")
         for path in matches:
             if path in seen:
                 continue
@@ -135,8 +143,9 @@ def find_inputs(patterns: list[str]) -> list[tuple[str, str, bool]]:
             if os.path.isdir(path):
                 folder = Path(path)
                 if not ((folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file()):
-                    raise ValueError(f"{path}: a folder, but not one saved by datasets.save_to_disk "
-                                     f"(no state.json or dataset_dict.json)")
+                    raise BadInputPattern(f"{path}: a folder, but not one saved by datasets.save_to_disk (no "
+                                          f"state.json or dataset_dict.json); give its files, e.g. "
+                                          f"'{path}/*.txt'")
                 found += [(arrow, "arrow", False) for arrow in _dataset_arrow_files(folder)]
             else:
                 found.append((path, *_file_format(path)))

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from deberta.cli import option, required
+from deberta.errors import UserError
 from deberta.tokenizer import Tokenizer, load_tokenizer
 
 from . import dedup
@@ -41,7 +42,7 @@ PACKING_RULE = ("documents of a split concatenated in corpus order, cut every se
                 "tokens, each cut wrapped as [CLS] ... [SEP] (official DeBERTa packing)")
 
 
-class PrepError(Exception):
+class PrepError(UserError):
     """A problem the user can fix; its message says how."""
 
 

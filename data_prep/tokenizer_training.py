@@ -22,9 +22,11 @@ from typing import Iterable, Iterator, Literal, Optional
 import sentencepiece
 
 from deberta.cli import option, required
+from deberta.errors import InputError
 from deberta.tokenizer import SPM_FILE, load_tokenizer
 
-from .inputs import PieceReader, ProblemLog, find_inputs, normalize_text, plan_pieces
+from .inputs import (UNREADABLE_ERRORS, PieceReader, ProblemLog, UnreadableInput, find_inputs, normalize_text,
+                     plan_pieces)
 from .shard_format import commit, temporary_name
 
 MAX_SENTENCE_BYTES = 4096
@@ -109,10 +111,14 @@ def read_documents(patterns: list[str], text_field: str, problems: ProblemLog) -
     with tempfile.TemporaryDirectory() as scratch:
         for piece in pieces:
             reader = PieceReader(piece, text_field, problems, Path(scratch))
-            for _, raw in reader.documents():
-                text = normalize_text(raw)
-                if text:
-                    yield text
+            try:
+                for _, raw in reader.documents():
+                    text = normalize_text(raw)
+                    if text:
+                        yield text
+            except UNREADABLE_ERRORS as error:
+                raise UnreadableInput(f"{piece.path}: cannot be read ({type(error).__name__}: {error}); repair "
+                                      f"it (a truncated download?) or leave it out of --input") from error
 
 
 def train_tokenizer(patterns: list[str], vocab_size: int, output: str | Path, max_sentences: int = 2_000_000,
@@ -125,23 +131,44 @@ def train_tokenizer(patterns: list[str], vocab_size: int, output: str | Path, ma
         print(f"data_prep tokenizer: {count} input problem(s) {kind}, e.g. {problems.examples[0]['where']}",
               file=sys.stderr)
     if not sample:
-        raise ValueError(f"no text found in {patterns}")
+        raise InputError(f"no text found in {patterns} (every document empty or unreadable); check --input "
+                         f"and --text_field")
     output = Path(output)
+    created = not output.exists()
     output.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=output) as scratch:
-        sentencepiece.SentencePieceTrainer.train(
-            sentence_iterator=iter(sample), model_prefix=os.path.join(scratch, "spm"),
-            vocab_size=vocab_size, model_type=model_type, character_coverage=character_coverage,
-            max_sentence_length=MAX_SENTENCE_BYTES, input_sentence_size=0, shuffle_input_sentence=False,
-            num_threads=threads or os.cpu_count() or 1, minloglevel=2,
-            pad_id=0, pad_piece="[PAD]", bos_id=1, bos_piece="[CLS]", eos_id=2, eos_piece="[SEP]",
-            unk_id=3, unk_piece="[UNK]")
-        target = output / SPM_FILE
-        temporary = temporary_name(target)
-        shutil.move(os.path.join(scratch, "spm.model"), temporary)
-        commit(temporary, target)
+    try:
+        with tempfile.TemporaryDirectory(dir=output) as scratch:
+            try:
+                sentencepiece.SentencePieceTrainer.train(
+                    sentence_iterator=iter(sample), model_prefix=os.path.join(scratch, "spm"),
+                    vocab_size=vocab_size, model_type=model_type, character_coverage=character_coverage,
+                    max_sentence_length=MAX_SENTENCE_BYTES, input_sentence_size=0, shuffle_input_sentence=False,
+                    num_threads=threads or os.cpu_count() or 1, minloglevel=2,
+                    pad_id=0, pad_piece="[PAD]", bos_id=1, bos_piece="[CLS]", eos_id=2, eos_piece="[SEP]",
+                    unk_id=3, unk_piece="[UNK]")
+            except RuntimeError as error:
+                raise _training_error(error, vocab_size, len(sample)) from error
+            target = output / SPM_FILE
+            temporary = temporary_name(target)
+            shutil.move(os.path.join(scratch, "spm.model"), temporary)
+            commit(temporary, target)
+    except BaseException:
+        if created and not any(output.iterdir()):
+            output.rmdir()  # leave no empty folder that looks like a tokenizer
+        raise
     print(f"data_prep tokenizer: trained on {len(sample):,} sentences", file=sys.stderr)
     return check_special_ids(target)
+
+
+def _training_error(error: RuntimeError, vocab_size: int, sentences: int) -> InputError:
+    """SentencePiece's refusal in our words: a vocabulary larger than the text holds pieces for."""
+    message = str(error)
+    limit = re.search(r"Vocabulary size too high \(\d+\)\. Please set it to a value <= (\d+)", message)
+    if limit:
+        return InputError(f"--vocab_size {vocab_size} is more than the {sentences:,} training sentences hold "
+                          f"pieces for (at most {limit.group(1)}); lower --vocab_size or give more text")
+    return InputError(f"SentencePiece could not train on the {sentences:,} sentences: "
+                      f"{message.splitlines()[-1] if message else type(error).__name__}")
 
 
 def copy_tokenizer(source: str | Path, output: str | Path) -> Path:

@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import re
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_file, atomic_write
+from .errors import InputError
 from .model import DebertaConfig, DebertaModel, DebertaPreTrained, build_model
 
 logger = logging.getLogger(__name__)
@@ -57,7 +59,7 @@ HF_HEAD_SUFFIXES = {
 HEAD_PREFIXES = {"masked_lm": "lm_predictions.", "replaced_token_detection": "mask_predictions."}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError, ValueError):
     """A model folder that cannot be loaded as asked."""
 
 
@@ -108,7 +110,9 @@ def read_folder(path: str | Path) -> tuple[DebertaConfig, str, dict[str, torch.T
 
 def _read_folder(path: Path, weights: bool):
     if not path.exists():
-        raise FileNotFoundError(f"model folder not found: {path}")
+        raise FileNotFoundError(f"{path}: model folder not found (give a folder written by save_model, "
+                                f"pretrain.convert or deberta.convert, a Hugging Face DeBERTa folder, or an "
+                                f"official release)")
     config_path = path / CONFIG_FILE
     if config_path.is_file():
         values = _read_json(config_path)
@@ -120,7 +124,7 @@ def _read_folder(path: Path, weights: bool):
                 config = DebertaConfig.from_dict(values["config"])
             except (TypeError, ValueError) as error:
                 raise CheckpointError(f"{config_path}: {error}") from None
-            return config, values["head"], load_file(str(path / WEIGHTS_FILE)) if weights else None
+            return config, values["head"], _load_safetensors(path / WEIGHTS_FILE) if weights else None
         if values.get("model_type") in ("deberta", "deberta-v2"):
             state = _read_hf_weights(path) if weights else _hf_weight_names(path)
             config = _config_from_reference(values, state, config_path)
@@ -150,7 +154,7 @@ def read_weights_file(file: str | Path, like: DebertaConfig) -> tuple[DebertaCon
     if not file.is_file():
         raise FileNotFoundError(f"weights file not found: {file}")
     # Memory-mapped: tensors are read when copied into a model, never when only the config is asked for.
-    state = load_file(str(file)) if file.suffix == ".safetensors" else _torch_load(file, mmap=True)
+    state = _load_safetensors(file) if file.suffix == ".safetensors" else _torch_load(file, mmap=True)
     if any(k.startswith(("embeddings.", "encoder.")) for k in state):
         state = {(BACKBONE_PREFIX + k if k.startswith(("embeddings.", "encoder.")) else k): v for k, v in state.items()}
 
@@ -219,9 +223,15 @@ def load_model(path: str | Path, head: str | None = None, **config_overrides) ->
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        values = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise CheckpointError(f"{path}: not valid JSON ({error})") from None
+        raise CheckpointError(f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: "
+                              f"{error.msg}); repair the file or write the folder again") from None
+    except UnicodeDecodeError as error:
+        raise CheckpointError(f"{path}: not a text file (byte {error.start}); write the folder again") from None
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{path}: holds a JSON {type(values).__name__}, not an object of settings")
+    return values
 
 
 # ---------------------------------------------------------------------------------------
@@ -229,12 +239,12 @@ def _read_json(path: Path) -> dict:
 # ---------------------------------------------------------------------------------------
 def _read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
     if (path / WEIGHTS_FILE).is_file():
-        return load_file(str(path / WEIGHTS_FILE))
+        return _load_safetensors(path / WEIGHTS_FILE)
     index = path / (WEIGHTS_FILE + ".index.json")
     if index.is_file():
         state = {}
         for shard in sorted(set(_read_json(index)["weight_map"].values())):
-            state.update(load_file(str(path / shard)))
+            state.update(_load_safetensors(path / shard))
         return state
     if (path / "pytorch_model.bin").is_file():
         return _torch_load(path / "pytorch_model.bin", mmap=False)
@@ -245,14 +255,29 @@ def _hf_weight_names(path: Path) -> dict[str, None] | dict[str, torch.Tensor]:
     """The weight names of a Hugging Face folder (what the config derivation looks at), read
     without loading tensors where the format allows it."""
     if (path / WEIGHTS_FILE).is_file():
-        with safe_open(str(path / WEIGHTS_FILE), framework="pt") as f:
-            return dict.fromkeys(f.keys())
+        try:
+            with safe_open(str(path / WEIGHTS_FILE), framework="pt") as f:
+                return dict.fromkeys(f.keys())
+        except SafetensorError as error:
+            raise _damaged(path / WEIGHTS_FILE, error) from None
     index = path / (WEIGHTS_FILE + ".index.json")
     if index.is_file():
         return dict.fromkeys(_read_json(index)["weight_map"])
     if (path / "pytorch_model.bin").is_file():
         return _torch_load(path / "pytorch_model.bin", mmap=True)
     raise FileNotFoundError(f"{path}: no {WEIGHTS_FILE}, sharded safetensors index or pytorch_model.bin")
+
+
+def _damaged(file: Path, error: Exception) -> CheckpointError:
+    return CheckpointError(f"{file}: damaged or incomplete weights file ({type(error).__name__}: {error}); "
+                           f"copy, convert or export it again")
+
+
+def _load_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(file))
+    except SafetensorError as error:
+        raise _damaged(file, error) from None
 
 
 def _torch_load(file: Path, mmap: bool) -> dict[str, torch.Tensor]:
@@ -262,8 +287,11 @@ def _torch_load(file: Path, mmap: bool) -> dict[str, torch.Tensor]:
         try:
             return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError:
-            pass  # the legacy (non-zip) format
-    return torch.load(file, map_location="cpu", weights_only=True)
+            pass  # the legacy (non-zip) format, or a damaged file: the full load below tells
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
+        raise _damaged(file, error) from None
 
 
 def _hf_head(values: dict, state: dict) -> str:

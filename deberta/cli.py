@@ -36,6 +36,8 @@ from typing import Any, Optional, Sequence
 import yaml
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
 
+from .errors import DEBUG_FLAG, DEBUG_HELP
+
 TRUE_WORDS = ("true", "yes", "on", "1")
 FALSE_WORDS = ("false", "no", "off", "0")
 
@@ -69,6 +71,8 @@ class Command:
         self.parser = ArgumentParser(prog=prog, description=description, exit_on_error=True)
         self.parser.add_argument("--config", action=ActionConfigFile,
                                  help="YAML or JSON file of flag values; flags on the command line win")
+        # Read by deberta.errors.run_command, which every entry point runs under.
+        self.parser.add_argument(DEBUG_FLAG, action="store_true", help=DEBUG_HELP)
         for name, keywords in (extra or {}).items():
             self.parser.add_argument(f"--{name}", **keywords)
         self.booleans: set[str] = set()

@@ -13,8 +13,9 @@ import sys
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from .checkpoint import CheckpointError, export_hf, load_model, save_model
+from .checkpoint import export_hf, load_model, save_model
 from .cli import Command, option, required
+from .errors import run_command
 from .model import HEADS
 from .tokenizer import load_tokenizer
 
@@ -37,27 +38,24 @@ def build_command() -> Command:
 
 
 def main(argv=None) -> int:
+    """Exit codes: 0 written, 1 an unreadable source or an unwritable target, 2 a bad command line."""
+    return run_command(convert, argv)
+
+
+def convert(argv: list[str]) -> int:
     command = build_command()
     args = command.parse_namespace(argv)
     config = command.build(args)["convert"]
-    try:
-        model = load_model(args.src, head=config.head)
-    except (CheckpointError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    model = load_model(args.src, head=config.head)
     try:
         tokenizer = load_tokenizer(args.src)
     except FileNotFoundError:
         tokenizer = None
         print(f"note: no tokenizer files in {args.src}; writing the weights only", file=sys.stderr)
-    try:
-        if config.to == "native":
-            save_model(model, args.dst, tokenizer)
-        else:
-            export_hf(model, args.dst, tokenizer)
-    except CheckpointError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    if config.to == "native":
+        save_model(model, args.dst, tokenizer)
+    else:
+        export_hf(model, args.dst, tokenizer)
     print(f"wrote {config.to} {model.head} model ({model.config.model_type}, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters) to {args.dst}")
     return 0

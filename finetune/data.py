@@ -15,11 +15,12 @@ from typing import Any, Optional
 import torch
 
 from deberta.atomic import atomic_write
+from deberta.errors import InputError
 
 TABLE_SUFFIXES = (".tsv", ".csv", ".jsonl", ".json")
 
 
-class DataError(ValueError):
+class DataError(InputError, ValueError):
     """Task data that cannot be used as it is; the message names the file and row."""
 
 

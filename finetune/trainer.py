@@ -28,7 +28,7 @@ from deberta import load_model, load_tokenizer, save_model
 from deberta.atomic import atomic_folder
 from deberta.checkpoint import read_config
 from training.distributed import device, init_distributed
-from training.ds_config import precision_of, resolve_ds_config, zero_stage
+from training.ds_config import ConfigError, precision_of, resolve_ds_config, zero_stage
 from training.engine import build_engine, gathered_parameters
 from training.outputs import Outputs, Throughput, eta
 from training.sync import NonFiniteLoss, StepTotals, check_finite
@@ -59,6 +59,10 @@ class Trainer:
         self.out = Outputs(self.output_dir, self.rank, run.tensorboard)
         set_seed(run.seed)
 
+        # config.json only (the weights are read once, below): a missing or unreadable folder
+        # is named as such before its tokenizer is looked for.
+        model_config, _ = read_config(run.model)
+        self._check_lengths(model_config)
         self.tokenizer = load_tokenizer(run.model)
         self.task = build_task(run, self.tokenizer)
         train_path = self.task.train_file()
@@ -68,8 +72,6 @@ class Trainer:
                             for name, path in self.task.eval_files().items()]
         self.test_splits = [self._load(name, path, False, 0) for name, path in self.task.test_files().items()]
 
-        model_config, _ = read_config(run.model)  # config.json only: the weights are read once, below
-        self._check_lengths(model_config)
         overrides = self.task.model_overrides()
         if run.cls_dropout is not None:
             overrides["cls_dropout"] = run.cls_dropout
@@ -109,8 +111,9 @@ class Trainer:
         """Absolute position embeddings cap the length; relative-only models extrapolate."""
         needed = self.config.run.max_seq_length
         if model_config.position_biased_input and needed > model_config.max_position_embeddings:
-            raise ValueError(f"--max_seq_length {needed} exceeds the model's max_position_embeddings="
-                             f"{model_config.max_position_embeddings} (it uses absolute positions)")
+            raise ConfigError(f"--max_seq_length {needed} exceeds the model's max_position_embeddings="
+                              f"{model_config.max_position_embeddings} ({self.config.run.model} uses absolute "
+                              f"positions); use --max_seq_length {model_config.max_position_embeddings} or less")
 
     def _train_loader(self) -> DataLoader:
         dataset = FeatureDataset(self.train_split.features)

@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 
 from deberta.atomic import atomic_write, fsync_dir
+from deberta.errors import SettingsError
 
 CHECKPOINT_FILE = "checkpoint.json"
 LATEST = "latest"
@@ -43,7 +44,7 @@ FORMAT_VERSION = 1
 KILL_IN_SAVE_ENV = "PRETRAIN_KILL_IN_SAVE_AT_STEP"
 
 
-class ResumeError(RuntimeError):
+class ResumeError(SettingsError, RuntimeError):
     """A checkpoint that cannot be resumed from as asked."""
 
 

@@ -28,6 +28,7 @@ import torch
 
 from deberta import build_model, export_hf, load_tokenizer, save_model
 from deberta.cli import Command, option, required
+from deberta.errors import run_command
 from deberta.model import DebertaPreTrained
 
 from .checkpoint import CHECKPOINT_FILE, CheckpointManager, tag_of
@@ -120,15 +121,17 @@ class ConvertConfig:
 
 
 def main(argv=None) -> None:
+    """Exit codes: 0 written, 1 no usable checkpoint (named), 2 a bad command line."""
+    sys.exit(run_command(_convert_command, _positional(argv), also=(RuntimeError, ValueError), also_exit_code=1))
+
+
+def _convert_command(argv: list[str]) -> int:
     command = Command("deberta-pretrain-convert", __doc__.split("\n\n")[0], {"convert": ConvertConfig})
-    args = command.parse(_positional(argv))["convert"]
-    try:
-        written = convert(args.checkpoints, args.output, args.step, args.format)
-    except (FileNotFoundError, RuntimeError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+    args = command.parse(argv)["convert"]
+    written = convert(args.checkpoints, args.output, args.step, args.format)
     for name, folder in written.items():
         print(f"wrote {folder}" + (f" ({name})" if name else ""))
+    return 0
 
 
 def _positional(argv) -> list[str]:

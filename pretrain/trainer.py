@@ -25,6 +25,7 @@ import torch.distributed as dist
 
 from data_prep import ShardedDataset
 from deberta import load_tokenizer
+from deberta.errors import run_command
 from training.distributed import device, init_distributed, shutdown
 from training.ds_config import ConfigError, precision_of, resolve_ds_config, zero_stage
 from training.engine import build_engine, loss_scale, parameter_count
@@ -266,13 +267,14 @@ class Trainer:
 
 
 def main(argv=None) -> None:
-    """Exit codes: 0 done (or saved on SIGTERM), 1 non-finite loss, 2 bad settings or checkpoint."""
+    """Exit codes: 0 done (or saved on SIGTERM), 1 non-finite loss or unusable data, 2 bad settings
+    or a checkpoint that cannot be resumed as asked. Errors are one line (``deberta.errors``)."""
+    sys.exit(run_command(_run, argv, also=(ValueError,)))
+
+
+def _run(argv: list[str]) -> int:
     config = parse_args(argv)
     try:
-        code = Trainer(config).train()
-    except (ConfigError, ResumeError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        code = 2
+        return Trainer(config).train()
     finally:
         shutdown()
-    sys.exit(code)

@@ -20,6 +20,8 @@ import copy
 import json
 from typing import Optional
 
+from deberta.errors import SettingsError
+
 from .config import EngineConfig, OptimizerConfig
 from .distributed import on_gpu
 
@@ -28,7 +30,7 @@ FP16_DEFAULTS = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "l
 DEFAULT_CLIP_GRAD = 1.0
 
 
-class ConfigError(ValueError):
+class ConfigError(SettingsError, ValueError):
     """Settings that contradict each other."""
 
 

@@ -14,11 +14,13 @@ from typing import Mapping, Union
 import torch
 import torch.distributed as dist
 
+from deberta.errors import UserError
+
 Number = Union[torch.Tensor, float, int]
 NONFINITE, STOP = "_nonfinite", "_stop"
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(UserError, RuntimeError):
     """Raised on every rank together when a loss was not finite on any of them."""
 
 
