@@ -1,10 +1,11 @@
-"""Metrics as the benchmarks define them.
+"""Metrics as the benchmarks' official scorers compute them.
 
-Classification: accuracy, F1 of the positive class (MRPC, QQP), macro F1, Matthews
-correlation (CoLA). Regression: Pearson and Spearman (STS-B, Spearman with average ranks
-for ties). SQuAD: exact match and token F1 after the official answer normalisation, with
-SQuAD 2.0's "no answer" rules and its best-threshold search. NER: entity-level precision,
-recall and F1 over chunks, read from BIO / IOB1 / IOBES tags the way conlleval reads them.
+Classification: accuracy, F1 of the positive class 1 (MRPC, QQP), macro F1, Matthews
+correlation (CoLA), as scikit-learn computes them for GLUE. Regression: Pearson and
+Spearman (STS-B; average ranks for ties), as scipy computes them, except that a constant
+side gives 0 instead of NaN. SQuAD: evaluate-v1.1.py and evaluate-v2.0.py, each with its
+own rules, 2.0 with its HasAns / NoAns split and no-answer threshold sweep. NER:
+conlleval's entity precision, recall and F1 (BIO / IOB1 tags; IOBES as seqeval reads them).
 """
 from __future__ import annotations
 
@@ -111,8 +112,12 @@ def regression_metrics(predictions, labels) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------------
-# SQuAD 1.1 / 2.0
+# SQuAD 1.1 (evaluate-v1.1.py) and SQuAD 2.0 (evaluate-v2.0.py)
 # ---------------------------------------------------------------------------------------
+# The two official scripts share the answer normalisation and exact match but differ
+# elsewhere: 1.1 scores every listed answer and gives two empty answers F1 0; 2.0 drops
+# the answers that normalise to nothing, scores a question left without any against "",
+# and gives F1 1 when both sides are empty. Each version keeps its own rules below.
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCTUATION = set(string.punctuation)
 
@@ -127,74 +132,169 @@ def squad_exact(prediction: str, gold: str) -> int:
     return int(normalize_answer(prediction) == normalize_answer(gold))
 
 
-def squad_f1(prediction: str, gold: str) -> float:
-    predicted_tokens, gold_tokens = normalize_answer(prediction).split(), normalize_answer(gold).split()
-    if not predicted_tokens or not gold_tokens:  # SQuAD 2.0: "no answer" scores only against "no answer"
-        return float(predicted_tokens == gold_tokens)
+def _token_f1(predicted_tokens: list[str], gold_tokens: list[str]) -> float:
     common = collections.Counter(predicted_tokens) & collections.Counter(gold_tokens)
     overlap = sum(common.values())
     if overlap == 0:
-        return 0.0
-    precision, recall = overlap / len(predicted_tokens), overlap / len(gold_tokens)
-    return 2 * precision * recall / (precision + recall)
+        return 0
+    precision = 1.0 * overlap / len(predicted_tokens)
+    recall = 1.0 * overlap / len(gold_tokens)
+    return (2 * precision * recall) / (precision + recall)
 
 
-def squad_metrics(predictions: dict[str, str], golds: dict[str, list[str]],
-                  no_answer_odds: dict[str, float] | None = None) -> dict[str, float]:
-    """Scores in percent, as the official scripts print them.
+def squad_v1_f1(prediction: str, gold: str) -> float:
+    """evaluate-v1.1.py's token F1: no common token scores 0, two empty answers included."""
+    return _token_f1(normalize_answer(prediction).split(), normalize_answer(gold).split())
 
-    ``golds`` maps question id -> answer texts ([] for an unanswerable SQuAD 2.0 question,
-    which only the empty prediction matches). With ``no_answer_odds`` (question id ->
-    no-answer score minus best-span score), also the best exact / F1 over thresholds.
+
+def squad_v2_f1(prediction: str, gold: str) -> float:
+    """evaluate-v2.0.py's token F1: an empty side ("no answer") scores 1 only against another."""
+    predicted_tokens, gold_tokens = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    if not predicted_tokens or not gold_tokens:
+        return int(predicted_tokens == gold_tokens)
+    return _token_f1(predicted_tokens, gold_tokens)
+
+
+def _check_questions(golds: dict) -> None:
+    if not golds:
+        raise ValueError("no questions to score")
+
+
+def squad_v1_metrics(predictions: dict[str, str], golds: dict[str, list[str]]) -> dict[str, float]:
+    """evaluate-v1.1.py in percent: the best exact match and F1 over each question's answers.
+
+    ``golds`` maps question id -> answer texts. A question without a prediction scores 0
+    and still counts, as in the official script. A question without answers (an
+    unanswerable one from a 2.0 file) is scored against the answer "" -- the official
+    script cannot score it at all.
     """
-    golds = {qid: (answers if [a for a in answers if normalize_answer(a)] else [""]) for qid, answers in golds.items()}
-    exact = {qid: max(squad_exact(predictions.get(qid, ""), a) for a in answers) for qid, answers in golds.items()}
-    f1 = {qid: max(squad_f1(predictions.get(qid, ""), a) for a in answers) for qid, answers in golds.items()}
-    results = {"exact": 100.0 * np.mean(list(exact.values())) if golds else 0.0,
-               "f1": 100.0 * np.mean(list(f1.values())) if golds else 0.0, "total": len(golds)}
-    has_answer = [qid for qid, answers in golds.items() if answers != [""]]
-    no_answer = [qid for qid, answers in golds.items() if answers == [""]]
-    if no_answer:  # a SQuAD 2.0 set: the answerable / unanswerable breakdown
-        for name, ids in (("HasAns", has_answer), ("NoAns", no_answer)):
-            if ids:
-                results[f"{name}_exact"] = 100.0 * np.mean([exact[q] for q in ids])
-                results[f"{name}_f1"] = 100.0 * np.mean([f1[q] for q in ids])
-                results[f"{name}_total"] = len(ids)
-    if no_answer_odds is not None and golds:
-        for name, scores in (("exact", exact), ("f1", f1)):
-            best, threshold = _best_threshold(predictions, scores, no_answer_odds, set(no_answer))
-            results[f"best_{name}"], results[f"best_{name}_thresh"] = best, threshold
-    return {k: float(v) for k, v in results.items()}
+    _check_questions(golds)
+    exact = f1 = 0
+    for qid, answers in golds.items():
+        if qid not in predictions:
+            continue
+        answers = answers or [""]
+        exact += max(squad_exact(predictions[qid], a) for a in answers)
+        f1 += max(squad_v1_f1(predictions[qid], a) for a in answers)
+    return {"exact": 100.0 * exact / len(golds), "f1": 100.0 * f1 / len(golds), "total": float(len(golds))}
 
 
-def _best_threshold(predictions, scores, odds, unanswerable) -> tuple[float, float]:
-    """Sweep the no-answer threshold over the observed odds: a question whose odds exceed
-    the threshold is answered with "" (right exactly when it is unanswerable)."""
-    # Start with every question answered "no answer": the unanswerable ones are right.
-    current = best = float(len(unanswerable))
-    best_threshold = 0.0
-    for qid in sorted(scores, key=lambda q: odds.get(q, 0.0)):
-        # Lowering the threshold past this question's odds switches it to its span answer.
-        if qid in unanswerable:
-            current += -1 if predictions.get(qid, "") else 0
-        else:
-            current += scores[qid]
-        if current > best:
-            best, best_threshold = current, odds.get(qid, 0.0)
-    return 100.0 * best / len(scores), best_threshold
+def _squad_v2_raw_scores(predictions, golds) -> tuple[dict[str, int], dict[str, float]]:
+    """Per question, exact and F1 of the prediction, before any no-answer threshold."""
+    missing = [qid for qid in golds if qid not in predictions]
+    if missing:
+        raise ValueError(f"{len(missing)} of {len(golds)} questions have no prediction (first: {missing[:5]}); "
+                         f"SQuAD 2.0 scores every question, an unanswered one as \"\"")
+    exact, f1 = {}, {}
+    for qid, answers in golds.items():
+        # Answers that normalise to nothing ("the", ".") are dropped; a question left with
+        # none, unanswerable or not, is right only when the prediction is empty too.
+        scorable = [a for a in answers if normalize_answer(a)] or [""]
+        exact[qid] = max(squad_exact(predictions[qid], a) for a in scorable)
+        f1[qid] = max(squad_v2_f1(predictions[qid], a) for a in scorable)
+    return exact, f1
+
+
+def _summary(exact: dict, f1: dict, qids: list[str]) -> dict[str, float]:
+    return {"exact": 100.0 * sum(exact[q] for q in qids) / len(qids),
+            "f1": 100.0 * sum(f1[q] for q in qids) / len(qids), "total": float(len(qids))}
+
+
+def _checked_odds(no_answer_odds: dict[str, float], golds) -> dict[str, float]:
+    missing = [qid for qid in golds if qid not in no_answer_odds]
+    if missing:
+        raise ValueError(f"{len(missing)} of {len(golds)} questions have no no-answer odds (first: {missing[:5]})")
+    return no_answer_odds
+
+
+def squad_v2_metrics(predictions: dict[str, str], golds: dict[str, list[str]],
+                     no_answer_odds: dict[str, float] | None = None,
+                     no_answer_threshold: float = 1.0) -> dict[str, float]:
+    """What ``evaluate-v2.0.py data.json predictions.json [--na-prob-file odds.json
+    --na-prob-thresh T]`` prints, in percent.
+
+    ``golds`` maps question id -> answer texts, [] for an unanswerable question. A
+    question is HasAns when it lists any answer, even answers that all normalise to
+    nothing (it is then scored against ""). With ``no_answer_odds`` (question id -> a
+    score that grows with "no answer", any scale), questions whose odds exceed
+    ``no_answer_threshold`` count as answered "no answer", and ``best_exact`` /
+    ``best_f1`` come from the official threshold sweep (``squad_v2_best_thresholds``).
+    """
+    _check_questions(golds)
+    exact, f1 = _squad_v2_raw_scores(predictions, golds)
+    has_answer = {qid: bool(answers) for qid, answers in golds.items()}
+    if no_answer_odds is not None:
+        odds = _checked_odds(no_answer_odds, golds)
+        # Above the threshold the question is answered "no answer": right exactly when it has none.
+        exact, f1 = ({qid: float(not has_answer[qid]) if odds[qid] > no_answer_threshold else score
+                      for qid, score in scores.items()} for scores in (exact, f1))
+    results = _summary(exact, f1, list(golds))
+    for name, answerable in (("HasAns", True), ("NoAns", False)):
+        qids = [qid for qid in golds if has_answer[qid] == answerable]
+        if qids:
+            results.update({f"{name}_{key}": value for key, value in _summary(exact, f1, qids).items()})
+    if no_answer_odds is not None:
+        results.update(squad_v2_best_thresholds(predictions, golds, no_answer_odds))
+    return results
+
+
+def squad_v2_best_thresholds(predictions: dict[str, str], golds: dict[str, list[str]],
+                             no_answer_odds: dict[str, float]) -> dict[str, float]:
+    """evaluate-v2.0.py's ``find_best_thresh`` for exact match and F1: the best score over
+    no-answer thresholds, and the odds that reach it.
+
+    ``predictions`` are the answers given when a question is answered (the best spans).
+    The sweep starts with every question answered "no answer" (the unanswerable ones
+    right) and lowers the threshold past one question at a time, in increasing odds (ties
+    in the odds' order): an answerable question then adds its score, an unanswerable one
+    loses its point when its prediction is a non-empty string (the raw text, as the
+    official script tests it, so "the" counts as an answer here).
+    """
+    _check_questions(golds)
+    odds = _checked_odds(no_answer_odds, golds)
+    raw_scores = _squad_v2_raw_scores(predictions, golds)
+    unanswerable = sum(1 for answers in golds.values() if not answers)
+    results = {}
+    for name, scores in zip(("exact", "f1"), raw_scores):
+        current = best = unanswerable
+        best_threshold = 0.0
+        for qid in sorted(odds, key=lambda q: odds[q]):
+            if qid not in scores:
+                continue  # odds of a question the gold file does not hold
+            if golds[qid]:
+                current += scores[qid]
+            elif predictions[qid]:
+                current -= 1
+            if current > best:
+                best, best_threshold = current, odds[qid]
+        results[f"best_{name}"] = 100.0 * best / len(scores)
+        results[f"best_{name}_thresh"] = float(best_threshold)
+    return results
 
 
 # ---------------------------------------------------------------------------------------
-# NER: entity-level F1 (conlleval)
+# NER: entity-level precision / recall / F1 (conlleval)
 # ---------------------------------------------------------------------------------------
+# conlleval.pl reads chunks from IOB1 or IOB2 (BIO) tags: a chunk starts at B-, and at an
+# I- that follows O or a tag of another type (IOB1); it ends before B-, O or a change of
+# type. An entity counts as right only when its type, first and last token all match.
+# conlleval has no S- tag and lets B- continue a chunk after E-; for IOBES tags the rules
+# are seqeval's (the scorer of the official DeBERTa NER task; on BIO tags it agrees with
+# conlleval): E- and S- always end a chunk, S- always starts one, and an I- or E- after E- /
+# S- starts one. A type with a hyphen is kept whole ("I-geo-loc": "geo-loc"), as seqeval
+# does; conlleval.pl would cut it at the second hyphen.
+CHUNK_PREFIXES = ("B", "I", "E", "S")
+
+
 def _split_tag(tag: str) -> tuple[str, str]:
-    if tag == "O" or "-" not in tag:
-        return "O", ""
+    """(prefix, type): "B-PER" -> ("B", "PER"), "B" -> ("B", "").
+    "O" and tags of no chunk scheme (POS tags, say) are outside every chunk: ("O", "")."""
     prefix, _, entity = tag.partition("-")
-    return prefix, entity
+    return (prefix, entity) if prefix in CHUNK_PREFIXES else ("O", "")
 
 
-def _chunk_ends(prev_prefix, prev_type, prefix, entity) -> bool:
+def _chunk_ends(prev_prefix: str, prev_type: str, prefix: str, entity: str) -> bool:
+    """Whether the chunk holding the previous token ends before this one."""
     if prev_prefix in ("E", "S"):
         return True
     if prev_prefix in ("B", "I"):
@@ -202,7 +302,8 @@ def _chunk_ends(prev_prefix, prev_type, prefix, entity) -> bool:
     return False
 
 
-def _chunk_starts(prev_prefix, prev_type, prefix, entity) -> bool:
+def _chunk_starts(prev_prefix: str, prev_type: str, prefix: str, entity: str) -> bool:
+    """Whether a chunk starts at this token."""
     if prefix in ("B", "S"):
         return True
     if prefix in ("I", "E"):
@@ -211,10 +312,10 @@ def _chunk_starts(prev_prefix, prev_type, prefix, entity) -> bool:
 
 
 def extract_entities(tags: Sequence[str]) -> set[tuple[str, int, int]]:
-    """(type, first, last) of every chunk; an I- after O or after another type starts one (IOB1)."""
+    """(type, first, last) of every chunk of one sentence."""
     chunks, start = set(), None
     prev_prefix, prev_type = "O", ""
-    for i, tag in enumerate(list(tags) + ["O"]):
+    for i, tag in enumerate(list(tags) + ["O"]):  # the sentence boundary closes the last chunk
         prefix, entity = _split_tag(tag)
         if start is not None and _chunk_ends(prev_prefix, prev_type, prefix, entity):
             chunks.add((prev_type, start, i - 1))
@@ -226,20 +327,23 @@ def extract_entities(tags: Sequence[str]) -> set[tuple[str, int, int]]:
 
 
 def entity_metrics(predicted: Sequence[Sequence[str]], gold: Sequence[Sequence[str]]) -> dict[str, float]:
-    """Micro-averaged entity precision / recall / F1 in percent, and token accuracy."""
+    """conlleval's overall figures in percent: entity precision, recall and F1 (micro-averaged
+    over all types; 0 where nothing was found or predicted), and token accuracy (whole tags)."""
+    if len(predicted) != len(gold):
+        raise ValueError(f"{len(gold)} gold sentences but {len(predicted)} predicted ones")
     correct = n_predicted = n_gold = 0
     tokens_right = tokens = 0
-    for predicted_tags, gold_tags in zip(predicted, gold):
+    for number, (predicted_tags, gold_tags) in enumerate(zip(predicted, gold)):
         if len(predicted_tags) != len(gold_tags):
-            raise ValueError(f"a sentence has {len(gold_tags)} gold tags but {len(predicted_tags)} predictions")
+            raise ValueError(f"sentence {number} has {len(gold_tags)} gold tags but {len(predicted_tags)} predictions")
         predicted_chunks, gold_chunks = extract_entities(predicted_tags), extract_entities(gold_tags)
         correct += len(predicted_chunks & gold_chunks)
         n_predicted += len(predicted_chunks)
         n_gold += len(gold_chunks)
         tokens_right += sum(p == g for p, g in zip(predicted_tags, gold_tags))
         tokens += len(gold_tags)
-    precision = correct / n_predicted if n_predicted else 0.0
-    recall = correct / n_gold if n_gold else 0.0
+    precision = 100.0 * correct / n_predicted if n_predicted else 0.0
+    recall = 100.0 * correct / n_gold if n_gold else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": 100 * precision, "recall": 100 * recall, "f1": 100 * f1,
-            "accuracy": 100 * tokens_right / tokens if tokens else 0.0}
+    return {"precision": precision, "recall": recall, "f1": f1,
+            "accuracy": 100.0 * tokens_right / tokens if tokens else 0.0}

@@ -186,17 +186,24 @@ class SquadTask(Task):
                 if example.qid not in best or score > best[example.qid][0]:
                     spans = example.word_spans
                     best[example.qid] = (score, example.context[spans[first][0]:spans[last][1]])
-        predictions, odds = {}, {}
+        predictions, spans, odds = {}, {}, {}
         for example in split.examples:
             score, text = best.get(example.qid, (-np.inf, ""))
             odds[example.qid] = null_scores.get(example.qid, 0.0) - score if np.isfinite(score) else 1e9
             answered = not self.version_2 or odds[example.qid] <= self.config.null_score_threshold
+            spans[example.qid] = text
             predictions[example.qid] = text if answered else ""
         result = (predictions, odds if self.version_2 else None)
         if not split.has_labels:
             return {}, result
         golds = {e.qid: e.answers for e in split.examples}
-        return M.squad_metrics(predictions, golds, odds if self.version_2 else None), result
+        if not self.version_2:
+            return M.squad_v1_metrics(predictions, golds), result
+        # The official script on the predictions file; its threshold sweep over the best
+        # spans, so that best_f1_thresh is the --null_score_threshold that reaches best_f1.
+        metrics = M.squad_v2_metrics(predictions, golds)
+        metrics.update(M.squad_v2_best_thresholds(spans, golds, odds))
+        return metrics, result
 
     def _best_span(self, feature, start_logits, end_logits):
         """(score, first word, last word) of the best valid span in one window, or None."""
@@ -228,7 +235,7 @@ class SquadTask(Task):
         padding = ~batch["attention_mask"].bool().unsqueeze(-1)
         def over_positions(logits):  # [B, L, 2] -> [B, 2, L]
             return logits.float().masked_fill(padding, -1e4).transpose(1, 2)
-        return symmetric_kl(over_positions(perturbed), over_positions(clean))
+        return symmetric_kl(over_positions(perturbed), over_positions(clean), reduction="none")
 
 
 def _max_context_window(starts: list[int], room: int, length: int, token: int) -> int:
