@@ -1,0 +1,599 @@
+"""Disentangled attention fused in Triton: forward and backward without a [B, H, Lq, L] tensor.
+
+The scores of ``deberta.attention`` (its module docstring has the exact computation),
+
+    s[i, j] = scale * (q_i . k_j + q_i . pos_key[r(i, j)] + k_j . pos_query[r(i, j)]),
+
+are computed tile by tile with flash attention's online softmax; forward keeps only the
+output and the per-row log-sum-exp, and backward recomputes each tile's probabilities.
+
+How the relative terms are computed inside a tile. r(i, j) depends on the distance only:
+r(i, j) = f(p_i - j), where p_i is query i's position among the keys (p_i = i in
+self-attention; the enhanced mask decoder's queries sit at the masked positions) and f is
+the (bucketed, clamped) index, given as a table over distances -(L-1) .. L-1. A tile of
+BLOCK_M queries and BLOCK_N keys covers the distances [min p - (j0 + BLOCK_N - 1), max p - j0]:
+BLOCK_M + BLOCK_N - 1 of them in self-attention, one WINDOW. For that window the kernel
+loads the rows pos_key[f(delta)] (a [WINDOW, d] gather from a small table that stays in
+cache) and multiplies once on the tensor cores,
+
+    by_delta = q_tile @ pos_key[f(window)]^T      [BLOCK_M, WINDOW]
+    c2p[i, j] = by_delta[i, p_i - j - window_start]   (tl.gather along the window axis)
+
+and likewise pos_query[f(window)] @ k_tile^T gathered along its first axis for p2c. This
+costs twice the FLOPs of q @ k^T per term, in exchange for never writing the [L, 2S]
+products or a bias to memory, and it needs no assumption about f: bucketing, clamping and
+the window of a query subset (which may span several WINDOWs: a loop) all work alike.
+
+Backward inverts the same gathers. For a fixed query i the map j -> p_i - j is one-to-one,
+so the score gradients of a tile rearranged by distance, G[i, delta] = dS[i, p_i - delta],
+are another gather; then dq += G @ pos_key[f(window)] and the window's pos_key gradient is
+G^T @ q_tile, added atomically into a per-head buffer indexed by distance (fp32), which
+an index_add folds into the 2S rows afterwards. For p2c, with a fixed key j, distinct query
+positions make i -> p_i - j one-to-one too (its inverse is the table ``inverse``).
+
+Attention dropout draws its keep mask from Philox with one seed per call and the counter
+(row, column) of each (batch, head), so backward regenerates the same mask.
+
+Precision: every product accumulates in fp32 and the scale is applied to the fp32 sum, so
+no half-precision intermediate exists that could overflow (the failure the pre-scaling of
+``eager`` and ``sdpa`` avoids); probabilities enter the P @ V product in the input dtype,
+as in flash attention.
+"""
+from __future__ import annotations
+
+import weakref
+
+import torch
+import triton
+import triton.language as tl
+
+# Whether the kernels below run in Triton's interpreter (TRITON_INTERPRET=1 when this module
+# was first imported): then they take CPU tensors, else CUDA tensors.
+INTERPRETED = bool(triton.knobs.runtime.interpret) if hasattr(triton, "knobs") else False
+
+
+
+def _interpreter_compatibility() -> None:
+    """Triton 3.6's interpreter passes scalar arguments as 1-element arrays and converts
+    them with int(), which NumPy 2 refuses (a loop bound such as ``range(0, length, ...)``
+    then fails); later Triton squeezes first. Applies that fix where it is missing."""
+    import inspect
+
+    from triton.runtime import interpreter
+
+    original = interpreter._patch_lang_tensor
+    if "squeeze" in inspect.getsource(original):
+        return
+
+    def patch_lang_tensor(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    interpreter._patch_lang_tensor = patch_lang_tensor
+
+
+if INTERPRETED:
+    _interpreter_compatibility()
+
+# A masked pair's score (log2 units): finite, so that a query whose every key is masked
+# gets a uniform distribution over all keys, as the reference's finfo.min fill gives.
+MASKED_SCORE = tl.constexpr(-1.0e30)
+
+
+# ---------------------------------------------------------------------------------------
+# Tile helpers
+# ---------------------------------------------------------------------------------------
+@triton.jit
+def _load_rows(base, rows, row_ok, stride_row, dims):
+    return tl.load(base + rows[:, None] * stride_row + dims[None, :], mask=row_ok[:, None], other=0.0)
+
+
+@triton.jit
+def _query_positions(positions, batch, stride_positions, rows, row_ok, QUERY_POSITIONS: tl.constexpr):
+    """Each query's position among the keys, and the lowest and highest of the block."""
+    if QUERY_POSITIONS:
+        pos = tl.load(positions + batch * stride_positions + rows, mask=row_ok, other=0)
+    else:
+        pos = rows
+    lowest = tl.min(tl.where(row_ok, pos, 1 << 30), axis=0)
+    highest = tl.max(tl.where(row_ok, pos, -(1 << 30)), axis=0)
+    return pos, lowest, highest
+
+
+@triton.jit
+def _window(table, delta_start, delta_stop, length, WINDOW: tl.constexpr):
+    """The distances of one window, their rows f(delta) of the relative tables, and which
+    of them exist (within the tile's range and with a row)."""
+    deltas = delta_start + tl.arange(0, WINDOW)
+    usable = (deltas <= delta_stop) & (deltas > -length) & (deltas < length)
+    rel_rows = tl.load(table + deltas + length - 1, mask=usable, other=-1)
+    return deltas, rel_rows, usable & (rel_rows >= 0)
+
+
+@triton.jit
+def _kept(seed, batch_head, rows, cols, length, dropout_p):
+    """The dropout keep mask of a tile: one Philox stream per (call, batch, head), counter
+    row * L + column, so that backward and the debug path draw the same numbers."""
+    return tl.rand(seed + batch_head, rows[:, None] * length + cols[None, :]) >= dropout_p
+
+
+@triton.jit
+def _raw_scores(q, k, q_pos, q_lowest, q_highest, key_start, cols, pos_key, pos_query, table,
+                stride_rel, length, dims,
+                HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, BLOCK_N: tl.constexpr,
+                WINDOW: tl.constexpr, PRECISION: tl.constexpr):
+    """q.k + q.pos_key[r] + k.pos_query[r] of one tile, fp32, unscaled."""
+    scores = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+    if HAS_C2P or HAS_P2C:
+        for delta_start in range(q_lowest - key_start - BLOCK_N + 1, q_highest - key_start + 1, WINDOW):
+            deltas, rel_rows, usable = _window(table, delta_start, q_highest - key_start, length, WINDOW)
+            local = q_pos[:, None] - cols[None, :] - delta_start  # pair (i, j) -> its place in the window
+            inside = (local >= 0) & (local < WINDOW)
+            local = tl.minimum(tl.maximum(local, 0), WINDOW - 1)
+            if HAS_C2P:
+                rel = _load_rows(pos_key, rel_rows, usable, stride_rel, dims)
+                by_delta = tl.dot(q, tl.trans(rel), input_precision=PRECISION)  # [BLOCK_M, WINDOW]
+                scores += tl.where(inside, tl.gather(by_delta, local, 1), 0.0)
+            if HAS_P2C:
+                rel = _load_rows(pos_query, rel_rows, usable, stride_rel, dims)
+                by_delta = tl.dot(rel, tl.trans(k), input_precision=PRECISION)  # [WINDOW, BLOCK_N]
+                scores += tl.where(inside, tl.gather(by_delta, local, 0), 0.0)
+    return scores
+
+
+@triton.jit
+def _allowed_pairs(key_mask, query_mask, batch, stride_km, stride_qm, rows, row_ok, cols, col_ok,
+                   HAS_KEY_MASK: tl.constexpr, HAS_QUERY_MASK: tl.constexpr):
+    allowed = row_ok[:, None] & col_ok[None, :]
+    if HAS_KEY_MASK:
+        key_real = tl.load(key_mask + batch * stride_km + cols, mask=col_ok, other=0) != 0
+        allowed = allowed & key_real[None, :]
+    if HAS_QUERY_MASK:
+        query_real = tl.load(query_mask + batch * stride_qm + rows, mask=row_ok, other=0) != 0
+        allowed = allowed & query_real[:, None]
+    return allowed
+
+
+@triton.jit
+def _log2_scores(raw, scale_log2, allowed, col_ok):
+    scores = tl.where(allowed, raw * scale_log2, MASKED_SCORE)
+    return tl.where(col_ok[None, :], scores, float("-inf"))
+
+
+# ---------------------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------------------
+@triton.jit
+def _forward_kernel(Q, K, V, OUT, LSE, POS_KEY, POS_QUERY, TABLE, POSITIONS, KEY_MASK, QUERY_MASK,
+                    seed, dropout_p, scale_log2,
+                    sq_b, sq_h, sq_l, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l, so_b, so_h, so_l,
+                    srel_h, srel_r, spos_b, skm_b, sqm_b,
+                    heads, query_length, length,
+                    HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
+                    HAS_QUERY_MASK: tl.constexpr, QUERY_POSITIONS: tl.constexpr, DROPOUT: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+                    WINDOW: tl.constexpr, PRECISION: tl.constexpr):
+    block, batch_head = tl.program_id(0), tl.program_id(1)
+    batch, head = batch_head // heads, batch_head % heads
+    batch64, head64 = batch.to(tl.int64), head.to(tl.int64)
+    rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < query_length
+    dims = tl.arange(0, HEAD_DIM)
+    q = _load_rows(Q + batch64 * sq_b + head64 * sq_h, rows, row_ok, sq_l, dims)
+    q_pos, q_lowest, q_highest = _query_positions(POSITIONS, batch, spos_b, rows, row_ok, QUERY_POSITIONS)
+    k_base, v_base = K + batch64 * sk_b + head64 * sk_h, V + batch64 * sv_b + head64 * sv_h
+    pos_key, pos_query = POS_KEY + head64 * srel_h, POS_QUERY + head64 * srel_h
+
+    row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    row_sum = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    for key_start in range(0, length, BLOCK_N):
+        cols = key_start + tl.arange(0, BLOCK_N)
+        col_ok = cols < length
+        k = _load_rows(k_base, cols, col_ok, sk_l, dims)
+        v = _load_rows(v_base, cols, col_ok, sv_l, dims)
+        raw = _raw_scores(q, k, q_pos, q_lowest, q_highest, key_start, cols, pos_key, pos_query, TABLE,
+                          srel_r, length, dims, HAS_C2P, HAS_P2C, BLOCK_N, WINDOW, PRECISION)
+        allowed = _allowed_pairs(KEY_MASK, QUERY_MASK, batch, skm_b, sqm_b, rows, row_ok, cols, col_ok,
+                                 HAS_KEY_MASK, HAS_QUERY_MASK)
+        scores = _log2_scores(raw, scale_log2, allowed, col_ok)
+        new_max = tl.maximum(row_max, tl.max(scores, axis=1))
+        rescale = tl.math.exp2(row_max - new_max)
+        probs = tl.math.exp2(scores - new_max[:, None])
+        row_sum = row_sum * rescale + tl.sum(probs, axis=1)
+        if DROPOUT:
+            kept = _kept(seed, batch_head, rows, cols, length, dropout_p)
+            probs = tl.where(kept, probs / (1.0 - dropout_p), 0.0)
+        acc = acc * rescale[:, None] + tl.dot(probs.to(v.dtype), v, input_precision=PRECISION)
+        row_max = new_max
+    out = acc / row_sum[:, None]
+    tl.store(OUT + batch64 * so_b + head64 * so_h + rows[:, None] * so_l + dims[None, :],
+             out.to(OUT.dtype.element_ty), mask=row_ok[:, None])
+    # A row whose every pair is masked is uniform over the keys, but MASKED_SCORE + log2(L)
+    # does not exist in fp32: +inf marks such rows for backward.
+    lse = tl.where(row_max == MASKED_SCORE, float("inf"), row_max + tl.math.log2(row_sum))
+    tl.store(LSE + batch_head.to(tl.int64) * query_length + rows, lse, mask=row_ok)
+
+
+@triton.jit
+def _tile_probabilities(q, k, v, do, lse, row_delta, q_pos, q_lowest, q_highest, key_start, rows, row_ok,
+                        cols, col_ok, pos_key, pos_query, TABLE, KEY_MASK, QUERY_MASK, batch, batch_head,
+                        seed, dropout_p, scale_log2, srel_r, skm_b, sqm_b, length, dims,
+                        HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
+                        HAS_QUERY_MASK: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_N: tl.constexpr,
+                        WINDOW: tl.constexpr, PRECISION: tl.constexpr):
+    """Backward's recomputation of one tile: the probabilities after dropout (for dV) and
+    dS, the gradient of the (scaled) scores, zero at masked pairs."""
+    raw = _raw_scores(q, k, q_pos, q_lowest, q_highest, key_start, cols, pos_key, pos_query, TABLE,
+                      srel_r, length, dims, HAS_C2P, HAS_P2C, BLOCK_N, WINDOW, PRECISION)
+    allowed = _allowed_pairs(KEY_MASK, QUERY_MASK, batch, skm_b, sqm_b, rows, row_ok, cols, col_ok,
+                             HAS_KEY_MASK, HAS_QUERY_MASK)
+    scores = _log2_scores(raw, scale_log2, allowed, col_ok)
+    probs = tl.where(lse[:, None] == float("inf"), 1.0 / length, tl.math.exp2(scores - lse[:, None]))
+    probs = tl.where(row_ok[:, None] & col_ok[None, :], probs, 0.0)
+    dprobs = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+    if DROPOUT:
+        kept = _kept(seed, batch_head, rows, cols, length, dropout_p)
+        dropped = tl.where(kept, probs / (1.0 - dropout_p), 0.0)
+        dprobs = tl.where(kept, dprobs / (1.0 - dropout_p), 0.0)
+    else:
+        dropped = probs
+    dscores = tl.where(allowed, probs * (dprobs - row_delta[:, None]), 0.0)
+    return dropped, dscores
+
+
+@triton.jit
+def _backward_key_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DPOS_QUERY, POS_KEY, POS_QUERY, TABLE,
+                         POSITIONS, INVERSE, KEY_MASK, QUERY_MASK,
+                         seed, dropout_p, scale, scale_log2,
+                         sq_b, sq_h, sq_l, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l, sdo_b, sdo_h, sdo_l,
+                         sdk_b, sdk_h, sdk_l, sdv_b, sdv_h, sdv_l,
+                         srel_h, srel_r, spos_b, sinv_b, skm_b, sqm_b,
+                         heads, query_length, length,
+                         HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
+                         HAS_QUERY_MASK: tl.constexpr, QUERY_POSITIONS: tl.constexpr, DROPOUT: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+                         WINDOW: tl.constexpr, PRECISION: tl.constexpr):
+    """One key block against every query block: dK, dV and the p2c part of dPosQuery."""
+    block, batch_head = tl.program_id(0), tl.program_id(1)
+    batch, head = batch_head // heads, batch_head % heads
+    batch64, head64 = batch.to(tl.int64), head.to(tl.int64)
+    key_start = block * BLOCK_N
+    cols = key_start + tl.arange(0, BLOCK_N)
+    col_ok = cols < length
+    dims = tl.arange(0, HEAD_DIM)
+    k = _load_rows(K + batch64 * sk_b + head64 * sk_h, cols, col_ok, sk_l, dims)
+    v = _load_rows(V + batch64 * sv_b + head64 * sv_h, cols, col_ok, sv_l, dims)
+    q_base, do_base = Q + batch64 * sq_b + head64 * sq_h, DO + batch64 * sdo_b + head64 * sdo_h
+    pos_key, pos_query = POS_KEY + head64 * srel_h, POS_QUERY + head64 * srel_h
+    dpos_query = DPOS_QUERY + head64 * (2 * length - 1) * HEAD_DIM
+    row_stats = batch_head.to(tl.int64) * query_length
+
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    for query_start in range(0, query_length, BLOCK_M):
+        rows = query_start + tl.arange(0, BLOCK_M)
+        row_ok = rows < query_length
+        q = _load_rows(q_base, rows, row_ok, sq_l, dims)
+        do = _load_rows(do_base, rows, row_ok, sdo_l, dims)
+        lse = tl.load(LSE + row_stats + rows, mask=row_ok, other=0.0)
+        row_delta = tl.load(DELTA + row_stats + rows, mask=row_ok, other=0.0)
+        q_pos, q_lowest, q_highest = _query_positions(POSITIONS, batch, spos_b, rows, row_ok, QUERY_POSITIONS)
+        dropped, dscores = _tile_probabilities(
+            q, k, v, do, lse, row_delta, q_pos, q_lowest, q_highest, key_start, rows, row_ok, cols, col_ok,
+            pos_key, pos_query, TABLE, KEY_MASK, QUERY_MASK, batch, batch_head, seed, dropout_p, scale_log2,
+            srel_r, skm_b, sqm_b, length, dims, HAS_C2P, HAS_P2C, HAS_KEY_MASK, HAS_QUERY_MASK, DROPOUT,
+            BLOCK_N, WINDOW, PRECISION)
+        dv += tl.dot(tl.trans(dropped.to(do.dtype)), do, input_precision=PRECISION)
+        dk += tl.dot(tl.trans(dscores.to(q.dtype)), q, input_precision=PRECISION)
+        if HAS_P2C:
+            # by_delta[delta, j] = dS[i, j] for the query i at position j + delta, if in this block.
+            for delta_start in range(q_lowest - key_start - BLOCK_N + 1, q_highest - key_start + 1, WINDOW):
+                deltas, rel_rows, usable = _window(TABLE, delta_start, q_highest - key_start, length, WINDOW)
+                if QUERY_POSITIONS:
+                    position = deltas[:, None] + cols[None, :]
+                    on_key = (position >= 0) & (position < length)
+                    local = tl.load(INVERSE + batch * sinv_b + position, mask=on_key, other=-1)
+                    local = tl.where(local >= 0, local - query_start, -1)
+                else:
+                    local = deltas[:, None] + cols[None, :] - query_start
+                found = (local >= 0) & (local < BLOCK_M) & usable[:, None]
+                local = tl.minimum(tl.maximum(local, 0), BLOCK_M - 1)
+                by_delta = tl.where(found, tl.gather(dscores, local, 0), 0.0).to(k.dtype)  # [WINDOW, BLOCK_N]
+                rel = _load_rows(pos_query, rel_rows, usable, srel_r, dims)
+                dk += tl.dot(tl.trans(by_delta), rel, input_precision=PRECISION)
+                grad_rel = tl.dot(by_delta, k, input_precision=PRECISION) * scale
+                tl.atomic_add(dpos_query + (deltas + length - 1)[:, None] * HEAD_DIM + dims[None, :], grad_rel,
+                              mask=usable[:, None], sem="relaxed")
+    tl.store(DK + batch64 * sdk_b + head64 * sdk_h + cols[:, None] * sdk_l + dims[None, :],
+             (dk * scale).to(DK.dtype.element_ty), mask=col_ok[:, None])
+    tl.store(DV + batch64 * sdv_b + head64 * sdv_h + cols[:, None] * sdv_l + dims[None, :],
+             dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
+
+
+@triton.jit
+def _backward_query_kernel(Q, K, V, DO, LSE, DELTA, DQ, DPOS_KEY, POS_KEY, POS_QUERY, TABLE,
+                           POSITIONS, KEY_MASK, QUERY_MASK,
+                           seed, dropout_p, scale, scale_log2,
+                           sq_b, sq_h, sq_l, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l, sdo_b, sdo_h, sdo_l,
+                           sdq_b, sdq_h, sdq_l,
+                           srel_h, srel_r, spos_b, skm_b, sqm_b,
+                           heads, query_length, length,
+                           HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
+                           HAS_QUERY_MASK: tl.constexpr, QUERY_POSITIONS: tl.constexpr, DROPOUT: tl.constexpr,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+                           WINDOW: tl.constexpr, PRECISION: tl.constexpr):
+    """One query block against every key block: dQ and the c2p part of dPosKey."""
+    block, batch_head = tl.program_id(0), tl.program_id(1)
+    batch, head = batch_head // heads, batch_head % heads
+    batch64, head64 = batch.to(tl.int64), head.to(tl.int64)
+    rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < query_length
+    dims = tl.arange(0, HEAD_DIM)
+    q = _load_rows(Q + batch64 * sq_b + head64 * sq_h, rows, row_ok, sq_l, dims)
+    do = _load_rows(DO + batch64 * sdo_b + head64 * sdo_h, rows, row_ok, sdo_l, dims)
+    row_stats = batch_head.to(tl.int64) * query_length
+    lse = tl.load(LSE + row_stats + rows, mask=row_ok, other=0.0)
+    row_delta = tl.load(DELTA + row_stats + rows, mask=row_ok, other=0.0)
+    q_pos, q_lowest, q_highest = _query_positions(POSITIONS, batch, spos_b, rows, row_ok, QUERY_POSITIONS)
+    k_base, v_base = K + batch64 * sk_b + head64 * sk_h, V + batch64 * sv_b + head64 * sv_h
+    pos_key, pos_query = POS_KEY + head64 * srel_h, POS_QUERY + head64 * srel_h
+    dpos_key = DPOS_KEY + head64 * (2 * length - 1) * HEAD_DIM
+
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    for key_start in range(0, length, BLOCK_N):
+        cols = key_start + tl.arange(0, BLOCK_N)
+        col_ok = cols < length
+        k = _load_rows(k_base, cols, col_ok, sk_l, dims)
+        v = _load_rows(v_base, cols, col_ok, sv_l, dims)
+        _, dscores = _tile_probabilities(
+            q, k, v, do, lse, row_delta, q_pos, q_lowest, q_highest, key_start, rows, row_ok, cols, col_ok,
+            pos_key, pos_query, TABLE, KEY_MASK, QUERY_MASK, batch, batch_head, seed, dropout_p, scale_log2,
+            srel_r, skm_b, sqm_b, length, dims, HAS_C2P, HAS_P2C, HAS_KEY_MASK, HAS_QUERY_MASK, DROPOUT,
+            BLOCK_N, WINDOW, PRECISION)
+        dq += tl.dot(dscores.to(k.dtype), k, input_precision=PRECISION)
+        if HAS_C2P:
+            # by_delta[i, delta] = dS[i, j] for the key j at distance delta from query i.
+            for delta_start in range(q_lowest - key_start - BLOCK_N + 1, q_highest - key_start + 1, WINDOW):
+                deltas, rel_rows, usable = _window(TABLE, delta_start, q_highest - key_start, length, WINDOW)
+                local = q_pos[:, None] - deltas[None, :] - key_start
+                found = (local >= 0) & (local < BLOCK_N) & usable[None, :]
+                local = tl.minimum(tl.maximum(local, 0), BLOCK_N - 1)
+                by_delta = tl.where(found, tl.gather(dscores, local, 1), 0.0).to(q.dtype)  # [BLOCK_M, WINDOW]
+                rel = _load_rows(pos_key, rel_rows, usable, srel_r, dims)
+                dq += tl.dot(by_delta, rel, input_precision=PRECISION)
+                grad_rel = tl.dot(tl.trans(by_delta), q, input_precision=PRECISION) * scale
+                tl.atomic_add(dpos_key + (deltas + length - 1)[:, None] * HEAD_DIM + dims[None, :], grad_rel,
+                              mask=usable[:, None], sem="relaxed")
+    tl.store(DQ + batch64 * sdq_b + head64 * sdq_h + rows[:, None] * sdq_l + dims[None, :],
+             (dq * scale).to(DQ.dtype.element_ty), mask=row_ok[:, None])
+
+
+@triton.jit
+def _keep_mask_kernel(KEPT, seed, dropout_p, heads, query_length, length,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Debug path: writes the dropout keep mask the attention kernels draw, [B, H, Lq, L]."""
+    block, batch_head = tl.program_id(0), tl.program_id(1)
+    rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
+    base = KEPT + batch_head.to(tl.int64) * query_length * length
+    for key_start in range(0, length, BLOCK_N):
+        cols = key_start + tl.arange(0, BLOCK_N)
+        kept = _kept(seed, batch_head, rows, cols, length, dropout_p)
+        tl.store(base + rows[:, None] * length + cols[None, :], kept.to(tl.int8),
+                 mask=(rows < query_length)[:, None] & (cols < length)[None, :])
+
+
+# ---------------------------------------------------------------------------------------
+# The relative index as a function of distance
+# ---------------------------------------------------------------------------------------
+class RelativeLayout:
+    """rel_index [Lq, L] or [B, Lq, L] as the kernels read it: r(i, j) = table[p_i - j + L - 1].
+
+    ``positions`` [B or 1, Lq] (None when p_i = i), ``inverse`` [B or 1, L]: the query at
+    each key position or -1. ``reason`` says why the index has no such form (then the
+    kernels cannot compute it; the caller falls back)."""
+
+    def __init__(self, table=None, positions=None, inverse=None, reason=None):
+        self.table, self.positions, self.inverse, self.reason = table, positions, inverse, reason
+
+    @classmethod
+    def of(cls, rel_index: torch.Tensor, length: int, span: int) -> "RelativeLayout":
+        """Derives the table from the index: p_i is where row i holds f(0) = span (the index
+        of distance 0, as every DeBERTa relative index has), and each entry then gives
+        f(p_i - j). One synchronising check confirms that the index is such a function."""
+        rel = rel_index if rel_index.dim() == 3 else rel_index.unsqueeze(0)
+        query_length = rel.shape[1]
+        at_zero = rel == span
+        positions = at_zero.to(torch.int8).argmax(-1)  # [B', Lq]
+        keys = torch.arange(length, device=rel.device)
+        distance = positions[..., None] - keys + (length - 1)  # [B', Lq, L], in [0, 2L - 1)
+        table = torch.full((2 * length - 1,), -1, dtype=torch.long, device=rel.device)
+        table.scatter_(0, distance.flatten(), rel.flatten())
+        ordered = positions.sort(-1).values
+        if query_length == length and rel.shape[0] == 1:
+            self_attention = (positions == keys).all()
+        else:
+            self_attention = torch.zeros((), dtype=torch.bool, device=rel.device)
+        checks = torch.stack([at_zero.any(-1).all() & (table[distance] == rel).all(),
+                              (ordered[..., 1:] > ordered[..., :-1]).all(), self_attention]).tolist()
+        is_function_of_distance, distinct, self_attention = checks
+        if not is_function_of_distance:
+            return cls(reason="rel_index is not a function of the distance i - j with r(i, i) = S")
+        if not distinct:
+            return cls(reason="two queries sit at the same key position")
+        table = table.to(torch.int32)
+        if self_attention:
+            return cls(table)
+        inverse = torch.full((rel.shape[0], length), -1, dtype=torch.int32, device=rel.device)
+        inverse.scatter_(1, positions, torch.arange(query_length, dtype=torch.int32,
+                                                    device=rel.device).expand_as(positions).contiguous())
+        return cls(table, positions.to(torch.int32).contiguous(), inverse)
+
+
+_LAYOUTS: dict[int, tuple] = {}  # id(rel_index) -> (weak reference, version, length, span, layout)
+
+
+def relative_layout(rel_index: torch.Tensor, length: int, span: int) -> RelativeLayout:
+    """RelativeLayout.of, cached for the tensor object: every layer of a forward pass gets
+    the same rel_index, so the derivation and its check run once per pass."""
+    key = id(rel_index)
+    cached = _LAYOUTS.get(key)
+    if cached is not None and cached[0]() is rel_index and cached[1:4] == (rel_index._version, length, span):
+        return cached[4]
+    layout = RelativeLayout.of(rel_index, length, span)
+    for stale in [k for k, entry in _LAYOUTS.items() if entry[0]() is None]:
+        del _LAYOUTS[stale]
+    _LAYOUTS[key] = (weakref.ref(rel_index), rel_index._version, length, span, layout)
+    return layout
+
+
+# ---------------------------------------------------------------------------------------
+# Launch and autograd
+# ---------------------------------------------------------------------------------------
+def _blocks(head_dim: int) -> tuple[int, int, int]:
+    """(BLOCK_M = BLOCK_N, WINDOW, num_warps). The interpreter is slow per element: small tiles."""
+    if INTERPRETED:
+        return 16, 32, 1
+    return 64, 128, 4 if head_dim <= 64 else 8
+
+
+def _strides(t: torch.Tensor) -> tuple[int, int, int]:
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def draw_dropout_seed() -> int:
+    """One Philox seed per call from torch's CPU generator (no device synchronisation), so
+    that torch.manual_seed makes runs repeat and activation checkpointing, which restores
+    the RNG state, recomputes the same mask."""
+    return int(torch.randint(0, 1 << 30, ()))
+
+
+class FusedDisentangledAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, query, key, value, pos_key, pos_query, layout, key_mask, query_mask, scale, dropout_p, seed):
+        batch, heads, query_length, head_dim = query.shape
+        length = key.shape[2]
+        block, window, warps = _blocks(head_dim)
+        # [B, Lq, H, d] in memory, viewed as [B, H, Lq, d]: the caller's transpose back is free.
+        out = query.new_empty(batch, query_length, heads, head_dim).transpose(1, 2)
+        lse = torch.empty(batch, heads, query_length, dtype=torch.float32, device=query.device)
+        relative = pos_key if pos_key is not None else pos_query
+        dummy = query.new_empty(0)
+        args = _launch_args(query, key, value, relative, layout, key_mask, query_mask, dummy)
+        _forward_kernel[(triton.cdiv(query_length, block), batch * heads)](
+            query, key, value, out, lse,
+            pos_key if pos_key is not None else dummy, pos_query if pos_query is not None else dummy,
+            args["table"], args["positions"], args["key_mask"], args["query_mask"],
+            seed, dropout_p, scale * _LOG2E,
+            *_strides(query), *_strides(key), *_strides(value), *_strides(out),
+            *args["rel_strides"], args["spos_b"], args["skm_b"], args["sqm_b"],
+            heads, query_length, length,
+            **_flags(pos_key, pos_query, key_mask, query_mask, layout, dropout_p, query),
+            BLOCK_M=block, BLOCK_N=block, HEAD_DIM=head_dim, WINDOW=window, num_warps=warps, num_stages=2)
+        ctx.save_for_backward(query, key, value, pos_key, pos_query, out, lse, key_mask, query_mask)
+        ctx.layout, ctx.scale, ctx.dropout_p, ctx.seed = layout, scale, dropout_p, seed
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        query, key, value, pos_key, pos_query, out, lse, key_mask, query_mask = ctx.saved_tensors
+        layout, scale, dropout_p, seed = ctx.layout, ctx.scale, ctx.dropout_p, ctx.seed
+        batch, heads, query_length, head_dim = query.shape
+        length = key.shape[2]
+        block, window, warps = _blocks(head_dim)
+        if grad_out.stride(-1) != 1:
+            grad_out = grad_out.contiguous()
+        row_delta = (grad_out.float() * out.float()).sum(-1)  # [B, H, Lq]: rowsum(dO * O)
+        dq, dk, dv = torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
+        # Relative gradients by distance, fp32, summed over the batch by atomic adds.
+        by_distance = torch.zeros(2, heads, 2 * length - 1, head_dim, dtype=torch.float32, device=query.device)
+        relative = pos_key if pos_key is not None else pos_query
+        dummy = query.new_empty(0)
+        args = _launch_args(query, key, value, relative, layout, key_mask, query_mask, dummy)
+        flags = _flags(pos_key, pos_query, key_mask, query_mask, layout, dropout_p, query)
+        pos_key_arg = pos_key if pos_key is not None else dummy
+        pos_query_arg = pos_query if pos_query is not None else dummy
+        common = dict(BLOCK_M=block, BLOCK_N=block, HEAD_DIM=head_dim, WINDOW=window, num_warps=warps,
+                      num_stages=2, **flags)
+        _backward_key_kernel[(triton.cdiv(length, block), batch * heads)](
+            query, key, value, grad_out, lse, row_delta, dk, dv, by_distance[1], pos_key_arg, pos_query_arg,
+            args["table"], args["positions"], args["inverse"], args["key_mask"], args["query_mask"],
+            seed, dropout_p, scale, scale * _LOG2E,
+            *_strides(query), *_strides(key), *_strides(value), *_strides(grad_out),
+            *_strides(dk), *_strides(dv),
+            *args["rel_strides"], args["spos_b"], args["sinv_b"], args["skm_b"], args["sqm_b"],
+            heads, query_length, length, **common)
+        _backward_query_kernel[(triton.cdiv(query_length, block), batch * heads)](
+            query, key, value, grad_out, lse, row_delta, dq, by_distance[0], pos_key_arg, pos_query_arg,
+            args["table"], args["positions"], args["key_mask"], args["query_mask"],
+            seed, dropout_p, scale, scale * _LOG2E,
+            *_strides(query), *_strides(key), *_strides(value), *_strides(grad_out), *_strides(dq),
+            *args["rel_strides"], args["spos_b"], args["skm_b"], args["sqm_b"],
+            heads, query_length, length, **common)
+        grads = []
+        for input_index, tensor, grad in ((3, pos_key, by_distance[0]), (4, pos_query, by_distance[1])):
+            if tensor is None or not ctx.needs_input_grad[input_index]:
+                grads.append(None)
+                continue
+            # Fold the distances onto their rows of the relative table: row f(delta) += grad[delta].
+            used = layout.table >= 0
+            folded = torch.zeros(tensor.shape, dtype=torch.float32, device=tensor.device)
+            folded.index_add_(1, layout.table[used].long(), grad[:, used])
+            grads.append(folded.to(tensor.dtype))
+        return dq, dk, dv, grads[0], grads[1], None, None, None, None, None, None
+
+
+_LOG2E = 1.4426950408889634
+
+
+def _launch_args(query, key, value, relative, layout, key_mask, query_mask, dummy) -> dict:
+    positions = layout.positions if layout is not None and layout.positions is not None else None
+    inverse = layout.inverse if layout is not None and layout.inverse is not None else None
+    return dict(
+        table=layout.table if layout is not None else dummy,
+        positions=positions if positions is not None else dummy,
+        inverse=inverse if inverse is not None else dummy,
+        # A layout shared by the whole batch has one row: stride 0 repeats it.
+        spos_b=positions.stride(0) if positions is not None and positions.shape[0] > 1 else 0,
+        sinv_b=inverse.stride(0) if inverse is not None and inverse.shape[0] > 1 else 0,
+        key_mask=key_mask if key_mask is not None else dummy,
+        query_mask=query_mask if query_mask is not None else dummy,
+        skm_b=key_mask.stride(0) if key_mask is not None else 0,
+        sqm_b=query_mask.stride(0) if query_mask is not None else 0,
+        rel_strides=(relative.stride(0), relative.stride(1)) if relative is not None else (0, 0),
+    )
+
+
+def _flags(pos_key, pos_query, key_mask, query_mask, layout, dropout_p, query) -> dict:
+    return dict(HAS_C2P=pos_key is not None, HAS_P2C=pos_query is not None, HAS_KEY_MASK=key_mask is not None,
+                HAS_QUERY_MASK=query_mask is not None,
+                QUERY_POSITIONS=layout is not None and layout.positions is not None,
+                DROPOUT=dropout_p > 0, PRECISION="ieee" if query.dtype == torch.float32 else "tf32")
+
+
+def fused_disentangled_attention(query, key, value, pos_key, pos_query, layout, mask, scale,
+                                 dropout_p=0.0, query_mask=None, seed=None):
+    """The kernels on prepared inputs (see ``deberta.kernels.triton_attention`` for the
+    checks and the fallback). ``layout``: a RelativeLayout, or None without relative terms."""
+    def unit_stride(t):
+        return t if t is None or t.stride(-1) == 1 else t.contiguous()
+
+    query, key, value = unit_stride(query), unit_stride(key), unit_stride(value)
+    pos_key = None if pos_key is None else pos_key.to(query.dtype).contiguous()
+    pos_query = None if pos_query is None else pos_query.to(query.dtype).contiguous()
+    key_mask = None if mask is None else mask.to(torch.int8).contiguous()
+    query_mask = None if query_mask is None else query_mask.to(torch.int8).contiguous()
+    if dropout_p > 0 and seed is None:
+        seed = draw_dropout_seed()
+    return FusedDisentangledAttention.apply(query, key, value, pos_key, pos_query, layout, key_mask, query_mask,
+                                            float(scale), float(dropout_p), int(seed or 0))
+
+
+def dropout_keep_mask(seed: int, shape, dropout_p: float, device) -> torch.Tensor:
+    """The keep mask [B, H, Lq, L] (bool) that a call with this seed draws: for tests."""
+    batch, heads, query_length, length = shape
+    kept = torch.empty(batch, heads, query_length, length, dtype=torch.int8, device=device)
+    block = _blocks(64)[0]
+    _keep_mask_kernel[(triton.cdiv(query_length, block), batch * heads)](
+        kept, seed, dropout_p, heads, query_length, length, BLOCK_M=block, BLOCK_N=block)
+    return kept.bool()
