@@ -44,6 +44,8 @@ OFFICIAL_CONFIG_FILE = "model_config.json"
 # The released v3 repositories keep the RTD generator beside the discriminator, without a config.
 RELEASE_GENERATOR_FILE = "pytorch_model.generator.bin"
 BACKBONE_PREFIX = "deberta."
+# config.json key of what finetuning recorded: task, label names, step, results.
+FINETUNE_RECORD = "finetune"
 
 # Hugging Face architecture suffixes <-> our heads.
 HF_HEAD_SUFFIXES = {
@@ -415,8 +417,13 @@ def native_to_reference(state: dict[str, torch.Tensor], config: DebertaConfig) -
     return out
 
 
-def hf_config(config: DebertaConfig, head: str) -> dict:
-    """A Hugging Face config.json for ``config`` (our extra fields ride along; HF keeps them)."""
+def hf_config(config: DebertaConfig, head: str, finetune: dict | None = None) -> dict:
+    """A Hugging Face config.json for ``config`` (our extra fields ride along; HF keeps them).
+
+    ``finetune`` is what finetuning recorded (``read_finetune_record``): its label names
+    become ``id2label`` / ``label2id`` (else transformers' ``LABEL_i``), its task
+    ``finetuning_task``, and the whole record rides along under "finetune".
+    """
     prefix = "DebertaV2" if config.model_type == "deberta-v2" else "Deberta"
     suffix = {head: suffix for suffix, head in HF_HEAD_SUFFIXES.items()}.get(head)
     if suffix is None:
@@ -429,20 +436,76 @@ def hf_config(config: DebertaConfig, head: str) -> dict:
     if config.model_type == "deberta":
         for name in V2_ONLY_FIELDS:
             values.pop(name)
+    names = _label_names(config, (finetune or {}).get("labels"))
     values.update(architectures=[prefix + suffix], pooler_hidden_size=config.hidden_size, legacy=True,
-                  id2label={str(i): f"LABEL_{i}" for i in range(config.num_labels)},
-                  label2id={f"LABEL_{i}": i for i in range(config.num_labels)})
+                  id2label={str(i): name for i, name in enumerate(names)},
+                  label2id={name: i for i, name in enumerate(names)})
+    if finetune:
+        if finetune.get("task"):
+            values["finetuning_task"] = finetune["task"]
+        values[FINETUNE_RECORD] = finetune
     return values
 
 
-def export_hf(model: DebertaPreTrained, folder: str | Path, tokenizer=None) -> Path:
-    """Write a folder that ``transformers.AutoModel*.from_pretrained`` loads."""
+def _label_names(config: DebertaConfig, labels) -> list[str]:
+    if labels is None:  # not a classifier, or a regressor (one output)
+        return [f"LABEL_{i}" for i in range(config.num_labels)]
+    labels = [str(name) for name in labels]
+    if len(labels) != config.num_labels:
+        raise CheckpointError(f"the finetuning record names {len(labels)} labels {labels} but the model has "
+                              f"{config.num_labels} outputs; fix the \"finetune\" labels in config.json")
+    if len(set(labels)) != len(labels):
+        raise CheckpointError(f"the finetuning record repeats a label name: {labels}; fix the \"finetune\" "
+                              f"labels in config.json")
+    return labels
+
+
+def read_finetune_record(path: str | Path) -> dict | None:
+    """What finetuning recorded about a folder's model: its task, label names (in output
+    order), step and results; None when the folder says nothing.
+
+    A native folder keeps the record under "finetune" in config.json, and so does a Hugging
+    Face folder that ``export_hf`` wrote. Another Hugging Face folder gives the label names of
+    its ``id2label`` (unless they are transformers' ``LABEL_i`` placeholders) and its
+    ``finetuning_task``. Official folders record neither.
+    """
+    config_path = Path(path) / CONFIG_FILE
+    if not config_path.is_file():
+        return None
+    values = _read_json(config_path)
+    record = values.get(FINETUNE_RECORD)
+    if record is not None:
+        if not isinstance(record, dict):
+            raise CheckpointError(f"{config_path}: \"finetune\" holds a JSON {type(record).__name__}, not an "
+                                  f"object; remove it or write the folder again")
+        return record
+    if values.get("format") == NATIVE_FORMAT:
+        return None
+    record = {}
+    if values.get("finetuning_task"):
+        record["task"] = values["finetuning_task"]
+    id2label = values.get("id2label") or {}
+    try:
+        labels = [id2label[key] for key in sorted(id2label, key=int)]
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{config_path}: id2label keys must be output numbers, got {sorted(id2label)}") from None
+    if sorted(int(key) for key in id2label) != list(range(len(labels))):
+        raise CheckpointError(f"{config_path}: id2label must number the outputs 0..{len(labels) - 1}, got "
+                              f"{sorted(id2label, key=int)}")
+    if labels != [f"LABEL_{i}" for i in range(len(labels))]:
+        record["labels"] = labels
+    return record or None
+
+
+def export_hf(model: DebertaPreTrained, folder: str | Path, tokenizer=None, finetune: dict | None = None) -> Path:
+    """Write a folder that ``transformers.AutoModel*.from_pretrained`` loads; ``finetune`` (the
+    record of ``read_finetune_record``) names its labels and records its task and results."""
     if model.head == "replaced_token_detection":
         raise CheckpointError("transformers has no replaced-token-detection DeBERTa class; export the backbone "
                               "(load_model(path, head='backbone')) or keep the native format")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    values = hf_config(model.config, model.head)
+    values = hf_config(model.config, model.head, finetune)
     state = native_to_reference(_canonical_state(model), model.config)
     if model.head == "backbone":
         state = {k[len(BACKBONE_PREFIX):]: v for k, v in state.items()}
