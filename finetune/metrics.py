@@ -281,8 +281,8 @@ def squad_v2_best_thresholds(predictions: dict[str, str], golds: dict[str, list[
 # conlleval has no S- tag and lets B- continue a chunk after E-; for IOBES tags the rules
 # are seqeval's (the scorer of the official DeBERTa NER task; on BIO tags it agrees with
 # conlleval): E- and S- always end a chunk, S- always starts one, and an I- or E- after E- /
-# S- starts one. A type with a hyphen is kept whole ("I-geo-loc": "geo-loc"), as seqeval
-# does; conlleval.pl would cut it at the second hyphen.
+# S- starts one. The type is all that follows the first hyphen ("I-geo-loc": "geo-loc"), as
+# in both.
 CHUNK_PREFIXES = ("B", "I", "E", "S")
 
 

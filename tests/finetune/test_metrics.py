@@ -305,9 +305,9 @@ def _conlleval_counts(gold_sentences, predicted_sentences):
         return ((prev, tag) in {("B", "B"), ("I", "B"), ("O", "B"), ("O", "I"), ("E", "E"), ("E", "I"), ("O", "E")}
                 or (tag not in ("O", ".") and prev_type != type_))
 
-    def split(tag):
-        parts = tag.split("-")
-        return parts[0], parts[1] if len(parts) > 1 else ""
+    def split(tag):  # /^([^-]*)-(.*)$/: the type is all after the first hyphen
+        prefix, _, type_ = tag.partition("-")
+        return prefix, type_
 
     tokens = [(g, p) for gs, ps in zip(gold_sentences, predicted_sentences) for g, p in [*zip(gs, ps), ("O", "O")]]
     correct = guessed = found = 0
@@ -331,7 +331,7 @@ def _conlleval_counts(gold_sentences, predicted_sentences):
 
 def test_entity_counts_match_conlleval_on_random_bio_tags():
     rng = random.Random(1)
-    tags = ["O", "O", "B-PER", "I-PER", "B-LOC", "I-LOC", "I-ORG"]
+    tags = ["O", "O", "B-PER", "I-PER", "B-LOC", "I-LOC", "I-ORG", "B-geo-loc", "I-geo-loc"]
     for _ in range(200):
         lengths = [rng.randint(1, 8) for _ in range(rng.randint(1, 4))]
         gold = [[rng.choice(tags) for _ in range(n)] for n in lengths]
