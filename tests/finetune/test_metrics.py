@@ -1,7 +1,6 @@
 """Metrics against hand-computed values, scipy / scikit-learn, and transcriptions of the
 official scorers' algorithms (evaluate-v1.1.py, evaluate-v2.0.py, conlleval.pl)."""
 import collections
-import math
 import random
 import re
 import string
