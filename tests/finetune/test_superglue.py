@@ -306,3 +306,52 @@ def test_diagnostic_task_without_its_file_says_where_it_looked(tmp_path):
         make_task("ax-b", folder).eval_files()
     files = make_task("superglue-rte", folder).eval_files()  # optional for RTE itself
     assert set(files) == {"dev", "ax-g"}  # AX-g is still there, labelled: evaluated
+
+
+# --- recipes ----------------------------------------------------------------------------------
+OFFICIAL_REPO = Path("/work/.mirror/microsoft+DeBERTa/repo")
+
+
+def official_case_flags(script_text, case):
+    """The --flag value pairs of one case block of an official script (--fp16, --do_train left out)."""
+    block = script_text.split(f"\t{case})", 1)[1].split(";;", 1)[0]
+    words = block.replace("\\", " ").replace('"', " ").replace("parameters=", " ").split()
+    pairs, i = [], 0
+    while i < len(words):
+        if words[i].startswith("--") and words[i] not in ("--fp16", "--do_train"):
+            pairs.append((words[i], words[i + 1]))
+            i += 2
+        else:
+            i += 2 if words[i] == "--fp16" else 1
+    return pairs
+
+
+@pytest.mark.skipif(not OFFICIAL_REPO.exists(), reason="the official repository is not mirrored here")
+def test_recipe_script_lines_match_the_official_scripts():
+    import subprocess
+
+    from finetune.tasks.superglue_recipes import COPA, GLUE, RECORD
+    for script in (COPA, RECORD, *GLUE.values()):
+        text = subprocess.run(["git", "-C", str(OFFICIAL_REPO), "show", f"HEAD:{script.path}"], check=True,
+                              capture_output=True, text=True).stdout
+        assert script.common in text.replace("\\\n\t", "")
+        for case, line in script.cases.items():
+            words = line.split()
+            assert sorted(zip(words[::2], words[1::2])) == sorted(official_case_flags(text, case)), (script.path, case)
+
+
+def test_recipes_official_where_a_script_exists_ours_elsewhere():
+    from finetune.tasks.superglue_recipes import CATALOGUE
+    record = CATALOGUE["record/deberta-v3-large"]
+    assert record.values == {"epochs": 3.0, "warmup_steps": 500, "lr": 7e-6, "global_batch_size": 64,
+                             "cls_dropout": 0.1, "max_seq_length": 512}
+    assert "experiments/superglue/record.sh (case deberta-v3-large)" in str(record.settings["lr"][1])
+    assert CATALOGUE["record/xxlarge-v2"].values["grad_accum"] == 2
+    copa = CATALOGUE["copa/large"]
+    assert copa.values["lr"] == 5e-6 and copa.values["max_seq_length"] == 136 and copa.starts_from[0] == "mnli"
+    lent = CATALOGUE["copa/deberta-v3-large"]
+    assert str(lent.settings["lr"][1]).startswith("our choice: experiments/superglue/copa.sh has no deberta-v3-large")
+    boolq = CATALOGUE["boolq/deberta-v3-large"]
+    assert boolq.values["max_seq_length"] == 512 and str(boolq.settings["lr"][1]).startswith(
+        "our choice: boolq has no official script")
+    assert CATALOGUE["xnli/deberta-v3-base"].values["lr"] == 1.5e-5  # mnli.sh's deberta-v3-base case
