@@ -1,15 +1,19 @@
 """``python -m data_prep verify`` and ``python -m data_prep inspect``."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
 
+from deberta.atomic import atomic_write
 from deberta.tokenizer import load_tokenizer
 
 from .dataset import ShardedDataset, load_manifest
-from .shard_format import TOKENIZER_FOLDER, ShardIndex, describe_tokenizer, sha256_file
+from .shard_format import MANIFEST, TOKENIZER_FOLDER, ShardIndex, describe_tokenizer, sha256_file
 
 
 def verify(data_dir: str | Path, tokenizer: str | None = None, quick: bool = False) -> list[str]:
@@ -46,8 +50,14 @@ def _verify_shard(data_dir: Path, split: str, shard: dict, manifest: dict, quick
         if size != shard[size_key]:
             problems.append(f"{path}: {size} bytes, the manifest says {shard[size_key]} "
                             f"({'truncated' if size < shard[size_key] else 'extended'})")
-        elif not quick and sha256_file(path) != shard[hash_key]:
-            problems.append(f"{path}: sha256 differs from the manifest (the file was altered)")
+        elif not quick:
+            dtype = np.dtype(manifest["dtype"]) if suffix == ".bin" else None
+            digest, largest = _sha256_and_max(path, dtype)
+            if digest != shard[hash_key]:
+                problems.append(f"{path}: sha256 differs from the manifest (the file was altered)")
+            if largest is not None and largest >= manifest["vocab_size"]:
+                problems.append(f"{path}: holds token id {largest}, outside the vocabulary of "
+                                f"{manifest['vocab_size']} (made with another tokenizer, or damaged)")
     index_path = data_dir / f"{shard['name']}.idx"
     if not problems:
         try:
@@ -62,6 +72,18 @@ def _verify_shard(data_dir: Path, split: str, shard: dict, manifest: dict, quick
             if getattr(index, field) != value:
                 problems.append(f"{index_path}: {field} {getattr(index, field)}, the manifest says {value}")
     return problems
+
+
+def _sha256_and_max(path: Path, dtype: np.dtype | None, block_bytes: int = 1 << 22) -> tuple[str, int | None]:
+    """The file's sha256 and, for token ids of ``dtype``, the largest id: one read of the file."""
+    digest, largest = hashlib.sha256(), None
+    with open(path, "rb") as f:
+        while block := f.read(block_bytes):
+            digest.update(block)
+            if dtype is not None and len(block) >= dtype.itemsize:
+                ids = np.frombuffer(block, dtype=dtype, count=len(block) // dtype.itemsize)
+                largest = max(largest or 0, int(ids.max()))
+    return digest.hexdigest(), largest
 
 
 def _verify_tokenizer(data_dir: Path, manifest: dict, tokenizer: str | None) -> list[str]:
@@ -115,3 +137,67 @@ def inspect(data_dir: str | Path, decode: int = 0, split: str = "train") -> str:
             lines.append(f"--- {split} sequence {i} ({len(ids)} tokens) ---")
             lines.append(f"{reader.id_to_token(int(ids[0]))} {reader.decode(ids)} {reader.id_to_token(int(ids[-1]))}")
     return "\n".join(lines)
+
+
+# --- the verified stamp ------------------------------------------------------------------
+# A full check reads every byte: at the start of each of many pretraining restarts on a
+# large corpus that is hours of I/O on every node. Once the shards match their manifest,
+# a stamp beside the data records the state that was checked: the manifest's own bytes,
+# and the size and mtime of every shard file. While all of these are unchanged, the check
+# is not repeated; any rewrite of a file (or of the manifest) changes the key.
+VERIFIED_STAMP = ".verified.json"
+
+
+def shard_entries(manifest: dict) -> list[tuple[str, dict]]:
+    """(split, shard record) of every shard, in manifest order."""
+    return [(split, shard) for split, info in manifest["splits"].items() for shard in info["shards"]]
+
+
+def stamp_key(data_dir: str | Path) -> str:
+    """What a stamp vouches for: the manifest and every shard file's size and mtime."""
+    data_dir = Path(data_dir)
+    digest = hashlib.sha256((data_dir / MANIFEST).read_bytes())
+    for _, shard in shard_entries(load_manifest(data_dir)):
+        for suffix in (".bin", ".idx"):
+            path = data_dir / f"{shard['name']}{suffix}"
+            status = path.stat() if path.is_file() else None
+            digest.update(f"{path.name} {status and status.st_size} {status and status.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def stamp_paths(data_dir: str | Path, fallback_dir: str | Path | None = None) -> list[Path]:
+    """Where a stamp may be: beside the data, or (data on a read-only file system) in ``fallback_dir``."""
+    paths = [Path(data_dir) / VERIFIED_STAMP]
+    if fallback_dir is not None:
+        paths.append(Path(fallback_dir) / f"data{VERIFIED_STAMP}")
+    return paths
+
+
+def is_stamped(data_dir: str | Path, key: str, fallback_dir: str | Path | None = None) -> bool:
+    for path in stamp_paths(data_dir, fallback_dir):
+        try:
+            if json.loads(path.read_text(encoding="utf-8")).get("key") == key:
+                return True
+        except (OSError, ValueError, AttributeError):
+            continue  # no stamp there, or a damaged one: not vouched for
+    return False
+
+
+def write_stamp(data_dir: str | Path, key: str, fallback_dir: str | Path | None = None) -> Path | None:
+    """Write the stamp beside the data, else in ``fallback_dir``; the path, or None if neither is writable."""
+    record = json.dumps({"key": key, "verified_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                         "checked": "size, sha256 and index header of every shard"}, indent=1) + "\n"
+    for path in stamp_paths(data_dir, fallback_dir):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, record)
+            return path
+        except OSError:
+            continue
+    return None
+
+
+def verify_shards(data_dir: str | Path, manifest: dict, entries: list[tuple[str, dict]]) -> list[str]:
+    """The problems of some of the shards (size, sha256, index header): one reader's share."""
+    return [problem for split, shard in entries for problem in _verify_shard(Path(data_dir), split, shard, manifest,
+                                                                             quick=False)]

@@ -60,17 +60,28 @@ def _with_data_dir(name: str, cls: type, argv: list[str]) -> tuple[str, object]:
 
 
 def _verify(argv: list[str]) -> int:
-    from .checks import verify
+    from .checks import verify, write_stamp
 
     data_dir, config = _with_data_dir("verify", VerifyConfig, argv)
+    key = None if config.quick else _stamp_key_or_none(data_dir)  # the state that is about to be checked
     problems = verify(data_dir, config.tokenizer, config.quick)
     for problem in problems:
         print(f"data_prep verify: {problem}", file=sys.stderr)
     if problems:
         print(f"data_prep verify: {data_dir}: {len(problems)} problem(s)", file=sys.stderr)
         return 1
-    print(f"data_prep verify: {data_dir}: OK")
+    stamp = write_stamp(data_dir, key) if key else None
+    print(f"data_prep verify: {data_dir}: OK" + (f" (stamp {stamp}: pretraining will not read it all again)"
+                                                 if stamp else ""))
     return 0
+
+
+def _stamp_key_or_none(data_dir: str):
+    from .checks import stamp_key
+    try:
+        return stamp_key(data_dir)
+    except (OSError, ValueError, KeyError):
+        return None  # verify names what is wrong with the folder
 
 
 def _inspect(argv: list[str]) -> int:

@@ -21,7 +21,11 @@ def load_manifest(data_dir: str | Path) -> dict:
         raise FileNotFoundError(f"{path} not found: " + (
             "the shard job did not finish; run the same command again to resume it" if unfinished
             else "not an output folder of `python -m data_prep shard`"))
-    manifest = json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: damaged ({error}); write the data again (`python -m data_prep "
+                         f"shard ... --overwrite`)") from None
     if manifest.get("format") != FORMAT_NAME:
         raise ValueError(f"{path}: not a data_prep manifest (format {manifest.get('format')!r})")
     if manifest.get("format_version") != FORMAT_VERSION:
@@ -76,6 +80,11 @@ class ShardedDataset:
         shard = int(np.searchsorted(self._first_sequences, i, side="right")) - 1
         start = (i - int(self._first_sequences[shard])) * self.seq_len
         return self._map(shard)[start:start + self.seq_len]
+
+    def locate(self, i: int) -> tuple[Path, int]:
+        """(the ``.bin`` file that holds sequence ``i``, its position in that file), for messages."""
+        shard = int(np.searchsorted(self._first_sequences, i, side="right")) - 1
+        return self.data_dir / f"{self._shards[shard]['name']}.bin", i - int(self._first_sequences[shard])
 
     def _map(self, shard: int) -> np.ndarray:
         if self._maps[shard] is None:

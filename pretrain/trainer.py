@@ -25,16 +25,17 @@ import torch.distributed as dist
 
 from data_prep import ShardedDataset
 from deberta import load_tokenizer
-from deberta.errors import run_command
+from deberta.errors import InputError, run_command
 from training.distributed import device, init_distributed, shutdown
 from training.ds_config import ConfigError, precision_of, resolve_ds_config, zero_stage
 from training.engine import build_engine, loss_scale, parameter_count
 from training.outputs import Outputs, Throughput, eta
-from training.sync import NonFiniteLoss, StepAgreement, StepTotals, stop_requested
+from training.sync import BAD_INPUT, BadInput, NonFiniteLoss, StepAgreement, StepTotals, stop_requested
 
 from .checkpoint import CheckpointManager, ResumeError
 from .config import TrainConfig, parse_args
-from .data import TRAIN_STREAM, VALID_STREAM, MaskedSequences, TrainOrder, train_loader, valid_batches
+from .data import (BAD_SEQUENCE, TRAIN_STREAM, VALID_STREAM, MaskedSequences, TrainOrder, check_shards, train_loader,
+                   valid_batches)
 from .init_weights import build_objective
 from .masking import Masker
 
@@ -53,6 +54,7 @@ class Trainer:
 
         # Data and tokenizer, checked against each other and against the model.
         train = ShardedDataset(config.data.data_dir, "train")
+        check_shards(config.data.data_dir, config.data.verify_data, self.output_dir, self.out.print)
         if run.tokenizer:
             train.check_tokenizer(run.tokenizer)  # another vocabulary would misread the ids
         tokenizer_path = run.tokenizer or str(train.tokenizer_dir)
@@ -68,6 +70,10 @@ class Trainer:
         self.valid_set = MaskedSequences(ShardedDataset(config.data.data_dir, "valid"), masker, VALID_STREAM, pad) \
             if "valid" in train.manifest["splits"] else None
         self.seq_len = self.train_set.sequences.seq_len
+        if self.model_config.position_biased_input and self.seq_len > self.model_config.max_position_embeddings:
+            raise ConfigError(f"{config.data.data_dir} holds sequences of {self.seq_len} tokens, more than the model's "
+                              f"{self.model_config.max_position_embeddings} absolute positions; set --set_model "
+                              f"max_position_embeddings={self.seq_len}, or shard the data with a smaller --seq_len")
 
         # Objective and engines. Every rank builds the same initial weights from the seed.
         torch.manual_seed(run.seed)
@@ -95,6 +101,7 @@ class Trainer:
                                              self.rank, self.world)
         self.step, self.consumed, self.skipped, self.tokens_seen = 0, 0, 0, 0
         self.last_eval: dict = {}
+        self.bad_sequences = ""  # where this rank met token ids outside the vocabulary
         self.sigterm = False
         self.inject_step = int(os.environ.get(INJECT_NONFINITE_ENV, "0"))
         self.flops_per_token = self.objective.flops_per_token(self.seq_len, config.masking.mask_prob)
@@ -149,7 +156,7 @@ class Trainer:
         if self.step == 0:
             self.evaluate()
         throughput, started, start_step = Throughput(self.flops_per_token), time.perf_counter(), self.step
-        exit_code = 0
+        exit_code, bad_input = 0, None
         try:
             while self.step < run.max_steps:
                 figures, stop = self.train_step(batches, throughput)
@@ -167,16 +174,21 @@ class Trainer:
         except NonFiniteLoss as error:
             self.out.print(f"ERROR: {error}")
             exit_code = 1
+        except BadInput as error:
+            bad_input, exit_code = self._bad_input_error(error), 1
         finally:
             signal.signal(signal.SIGTERM, previous)
         self.out.write_json("summary.json", {
-            "status": "non-finite loss" if exit_code else ("preempted" if self.sigterm else "completed"),
+            "status": ("bad input" if bad_input else "non-finite loss") if exit_code else
+                      ("preempted" if self.sigterm else "completed"),
             "step": self.step, "max_steps": run.max_steps, "consumed_samples": self.consumed,
             "tokens_seen": self.tokens_seen, "skipped_steps": self.skipped,
             "wall_seconds": round(time.perf_counter() - started, 1), "last_eval": self.last_eval,
             "checkpoint": str(self.checkpoints.latest()), "tensorboard": str(self.out.tensorboard_dir)})
         self.out.print(f"run summary: {self.output_dir / 'summary.json'}")
         self.out.close()
+        if bad_input:
+            raise bad_input
         return exit_code
 
     def _on_sigterm(self, signum, frame):
@@ -189,9 +201,11 @@ class Trainer:
                                   f"data, or resume from the checkpoint with another --seed.", lambda: self.sigterm)
         waited, micro_batches = time.perf_counter(), []
         for _ in range(self.accumulation):
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in next(batches).items()}
+            batch = next(batches)
+            bad = self._note_bad_sequences(self.train_set, batch.pop(BAD_SEQUENCE))
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             micro_batches.append(batch)
-            agreement.record({"tokens": batch["attention_mask"].sum(), "micro_batches": 1})
+            agreement.record({"tokens": batch["attention_mask"].sum(), "micro_batches": 1, BAD_INPUT: bad})
         agreement.record({"data_wait": time.perf_counter() - waited})
         if self.inject_step == self.step + 1 and self.rank == 0:
             agreement.record({"loss": torch.tensor(float("nan"))})
@@ -214,6 +228,23 @@ class Trainer:
         self.out.jsonl("metrics.jsonl", {"step": self.step, **figures, **lrs, "samples": self.consumed,
                                          "skipped": bool(overflowed)})
         return figures, stop_requested(reduced)
+
+    def _note_bad_sequences(self, dataset: MaskedSequences, flags: torch.Tensor) -> int:
+        """The loader's flags (a CPU tensor: no device sync) of sequences whose ids were outside the
+        vocabulary; this rank remembers where they are, and the agreement stops every rank."""
+        bad = flags[flags >= 0].tolist()
+        if bad and not self.bad_sequences:
+            self.bad_sequences = dataset.describe_bad(bad)
+        return len(bad)
+
+    def _bad_input_error(self, error: BadInput) -> InputError:
+        """The rank that met the bad sequences names their shard; rank 0 says that another did."""
+        if self.bad_sequences:
+            found = InputError(f"{error}: {self.bad_sequences}")
+            found.every_rank = False
+            return found
+        return InputError(f"{error} (the rank that met them names the shard); run `python -m data_prep verify "
+                          f"{self.config.data.data_dir}`")
 
     def engine_figures(self) -> dict:
         """Learning rate, gradient norm (after the last update; None where DeepSpeed does not
@@ -253,11 +284,16 @@ class Trainer:
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.config.run.seed + 7919 * (self.rank + 1))
             for batch in valid_batches(self.valid_set, self.config.data, self.micro, self.rank, self.world):
+                bad = self._note_bad_sequences(self.valid_set, batch.pop(BAD_SEQUENCE))
                 batch = {k: v.to(self.device) for k, v in batch.items()}
-                totals.add(self.objective.eval_batch(batch, self.engines))
+                totals.add({**self.objective.eval_batch(batch, self.engines), BAD_INPUT: bad})
         for engine in self.engines.values():
             engine.train()
-        result = {"step": self.step, **self.objective.summarize(totals.reduce(), training=False)}
+        reduced = totals.reduce()
+        if float(reduced.get(BAD_INPUT, 0)):
+            raise self._bad_input_error(BadInput(f"evaluation at step {self.step}: {int(reduced[BAD_INPUT])} "
+                                                 f"sequence(s) with token ids outside the vocabulary"))
+        result = {"step": self.step, **self.objective.summarize(reduced, training=False)}
         self.out.jsonl("eval.jsonl", result)
         self.out.scalars("eval", result, self.step)
         self.out.print("eval step {step}: ".format(**result) +

@@ -5,7 +5,8 @@ and ranks) stay on the device while the micro-batches run; at the end of the ste
 are packed into one float64 vector together with two flags, a non-finite loss on some
 rank and a stop request (SIGTERM) on some rank, summed over the ranks in one collective
 and copied to the host once. Every rank then takes the same decision before the update:
-a non-finite loss stops them all, naming the step, and a stop request saves and exits.
+a non-finite loss or a batch of bad inputs (``BAD_INPUT``, counted on the host as the
+batches are built) stops them all, naming the step, and a stop request saves and exits.
 """
 from __future__ import annotations
 
@@ -18,10 +19,17 @@ from deberta.errors import UserError
 
 Number = Union[torch.Tensor, float, int]
 NONFINITE, STOP = "_nonfinite", "_stop"
+# Inputs that cannot be right (token ids outside the vocabulary), counted by the code that
+# builds the batches on the host; every rank records it in every step, 0 when all is well.
+BAD_INPUT = "_bad_input"
 
 
 class NonFiniteLoss(UserError, RuntimeError):
     """Raised on every rank together when a loss was not finite on any of them."""
+
+
+class BadInput(UserError):
+    """Raised on every rank together when some rank's batch held inputs that cannot be right."""
 
 
 class StepTotals:
@@ -76,6 +84,9 @@ class StepAgreement:
 
     def agree(self) -> dict[str, torch.Tensor]:
         reduced = self.totals.reduce(self.stop_requested())
+        if float(reduced.get(BAD_INPUT, 0)):
+            raise BadInput(f"step {self.step}: {int(reduced[BAD_INPUT])} sequence(s) with token ids outside the "
+                           f"vocabulary; stopped before the update on every rank")
         check_finite(reduced, self.step, self.precision, self.advice)
         for name, value in reduced.items():
             self.result[name] = self.result[name] + value if name in self.result else value
