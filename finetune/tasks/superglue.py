@@ -316,7 +316,9 @@ class WinogradTask(SentencePairTask):
         for n, marker in ((1, "*"), (2, "#")):
             index = require(path, row.line, target, f"span{n}_index", "target.")
             span_text = str(require(path, row.line, target, f"span{n}_text", "target."))
-            span = word_span(text, int(index), span_text)
+            if not isinstance(index, int):
+                raise DataError(f"{path}, line {row.line}: target.span{n}_index {index!r} is not a word index")
+            span = word_span(text, index, span_text)
             if span is None:
                 raise DataError(f"{path}, line {row.line}: target.span{n}_text {span_text!r} is not in the text")
             spans.append((*span, marker))

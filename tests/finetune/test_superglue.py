@@ -279,6 +279,9 @@ def test_unknown_label_names_file_and_line(tmp_path, tiny_model):
 
 @pytest.mark.parametrize("task, breaks, message", [
     ("wsc", lambda r: r["target"].pop("span2_text"), r"line 2: no field 'target\.span2_text'"),
+    ("wsc", lambda r: r["target"].update(span1_index="first"), r"line 2: target\.span1_index 'first' is not a word"),
+    ("wsc", lambda r: r.pop("target"), r"line 2: no value in column 'target'"),
+    ("cb", lambda r: r.pop("label"), r"line 2: no value in column 'label'"),
     ("wsc", lambda r: r["target"].update(span1_text="the cupboard"), r"line 2: target\.span1_text 'the cupboard'"),
     ("wic", lambda r: r.update(end1=99), r"line 2: start1/end1 \(\d+, 99\) are not a span of sentence1"),
     ("boolq", lambda r: r.pop("passage"), r"line 2: no value in column 'passage'"),
