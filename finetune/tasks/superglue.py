@@ -15,10 +15,10 @@ span tasks solved with *marked spans*: the target word of each WiC sentence is w
 ``*``, WSC's candidate noun phrase in ``*`` and its pronoun in ``#``, and the sentence-pair
 classifier reads the marked text. Markers need no new head and no new vocabulary, so every
 model folder (native, Hugging Face, official) finetunes them as it is, with SiFT and ZeRO
-alike; the encoder's attention then relates the marked occurrences directly (punctuation
-markers of this kind match learned span pooling on relation classification: Zhou and
-Chen, 2021). The markers stand apart by spaces, so the marked word keeps the tokens it has
-in running text.
+alike, and the encoder's attention relates the marked occurrences directly. Punctuation
+markers do as well as added marker tokens in relation classification (Zhou and Chen,
+2021, "An Improved Baseline for Sentence-level Relation Extraction"). The markers stand
+apart by spaces, so the marked word keeps the tokens it has in running text.
 
 The diagnostics are predicted by a model finetuned on RTE: ``--task superglue-rte``
 trains on RTE and also writes ``AX-b.jsonl`` and ``AX-g.jsonl`` when it finds the files
@@ -69,6 +69,7 @@ class Labels:
     def index(self, path: Path, line: int, value) -> int:
         key = _label_key(value)
         for i, known in enumerate(self.values):
+            # Same type too: Python has True == 1, but a JSON 1 is no BoolQ label, nor true a COPA one.
             if type(_label_key(known)) is type(key) and _label_key(known) == key:
                 return i
         raise DataError(f"{path}, line {line}: label {value!r} is not one of {list(self.values)}")
@@ -252,10 +253,16 @@ class RteTask(SentencePairTask):
 # Span tasks: marked spans
 # ---------------------------------------------------------------------------------------
 def mark_spans(text: str, spans: list[tuple[int, int, str]]) -> str:
-    """``text`` with each character span [start, end) wrapped in its marker, set apart by spaces."""
-    for start, end, marker in sorted(spans, key=lambda s: s[0], reverse=True):
-        text = f"{text[:start].rstrip()} {marker} {text[start:end]} {marker} {text[end:].lstrip()}"
-    return re.sub(" {2,}", " ", text).strip()
+    """``text`` with each character span [start, end) wrapped in its marker, set apart by
+    spaces. Spans may nest: at one place markers close before others open, the inner span's
+    first, and the outer span opens first."""
+    cuts = sorted([(end, 0, -start, marker) for start, end, marker in spans]
+                  + [(start, 1, -end, marker) for start, end, marker in spans])
+    pieces, done = [], 0
+    for position, _, _, marker in cuts:
+        pieces += [text[done:position], f" {marker} "]
+        done = position
+    return re.sub(" {2,}", " ", "".join(pieces) + text[done:]).strip()
 
 
 @register("wic")

@@ -264,6 +264,8 @@ def test_wsc_spans_from_word_indices():
     assert word_span(text, 0, "the cupboard") is None
     marked = mark_spans(text, [(0, 10, "*"), (*word_span(text, 9, "it"), "#")])
     assert marked == "* The trophy * does not fit into the suitcase because # it # is too big."
+    # Nested spans ("his" inside "his mother"): the outer opens first, the inner closes first.
+    assert mark_spans("his mother saw him", [(0, 10, "*"), (0, 3, "#")]) == "* # his # mother * saw him"
 
 
 # --- bad input ------------------------------------------------------------------------------
