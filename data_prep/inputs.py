@@ -33,7 +33,17 @@ import pyarrow.parquet
 from deberta.errors import InputError
 
 PROBLEM_KINDS = ("invalid_utf8", "empty_document", "broken_json", "missing_text_field",
-                 "unreadable_file")
+                 "unreadable_file", "binary_file")
+
+# A text input is judged by the first SNIFF_BYTES of its file (after decompression): a NUL
+# byte, or more than BINARY_SHARE of its characters invalid UTF-8 or control characters,
+# mark an executable, an image, an archive without its suffix or text in another encoding
+# (UTF-16, a legacy code page). Such a file would shard as garbage tokens with a handful of
+# "invalid UTF-8 documents"; it is skipped and reported instead. Text in a legacy code page
+# with a few accented letters (a few percent of its characters) stays below the share.
+SNIFF_BYTES = 1 << 16
+BINARY_SHARE = 0.10
+_CONTROL_CHARACTERS = frozenset(chr(c) for c in range(32) if chr(c) not in "\t\n\r\x0b\x0c") | {"\ufffd"}
 
 
 class UnreadableInput(InputError):
@@ -46,6 +56,23 @@ class BadInputPattern(InputError, ValueError):
 
 # Exceptions that mean "this input cannot be read", as opposed to a bug in this code.
 UNREADABLE_ERRORS = (UnreadableInput, OSError, EOFError, zlib.error, pyarrow.ArrowException)
+
+
+def binary_reason(head: bytes) -> str | None:
+    """Why the start of a file is not UTF-8 text, or None when it is."""
+    if not head:
+        return None
+    if b"\0" in head:
+        return (f"NUL bytes in its first {len(head):,} bytes: a binary file, or text in UTF-16 (convert it to "
+                f"UTF-8)")
+    text = head.decode("utf-8", errors="replace")
+    if len(head) == SNIFF_BYTES:  # a character cut by the end of the sample is not an error
+        text = text[:-3]
+    bad = sum(map(text.count, _CONTROL_CHARACTERS))
+    if text and bad > BINARY_SHARE * len(text):
+        return (f"{bad / len(text):.0%} of the characters in its first {len(head):,} bytes are invalid UTF-8 or "
+                f"control characters: a binary file, or text in another encoding (convert it to UTF-8)")
+    return None
 
 
 def normalize_text(text: str) -> str:
@@ -202,9 +229,21 @@ class PieceReader:
         return count
 
     def documents(self) -> Iterator[tuple[int, str]]:
+        if self.piece.format in ("txt", "jsonl"):
+            reason = binary_reason(self._file_head())
+            if reason:
+                if self.piece.start == 0:  # one report per file, from its first piece
+                    self.problems.add("binary_file", self.piece.path, f"{reason}; skipped")
+                return
         reader = {"txt": self._text_documents, "jsonl": self._json_documents,
                   "parquet": self._parquet_documents, "arrow": self._arrow_documents}
-        return reader[self.piece.format]()
+        yield from reader[self.piece.format]()
+
+    def _file_head(self) -> bytes:
+        """The first SNIFF_BYTES of the file (decompressed): every piece judges the whole file alike."""
+        opener = gzip.open if self.piece.compressed else open
+        with opener(self.piece.path, "rb") as f:
+            return f.read(SNIFF_BYTES)
 
     def _open_lines(self):
         """The binary file positioned at the first line that starts in the piece's range,

@@ -16,6 +16,7 @@ moment therefore leaves ``latest`` on the previous complete checkpoint.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from data_prep.shard_format import sha256_file
 from deberta.atomic import atomic_write, fsync_dir
 from deberta.errors import SettingsError
 
@@ -46,6 +48,51 @@ KILL_IN_SAVE_ENV = "PRETRAIN_KILL_IN_SAVE_AT_STEP"
 
 class ResumeError(SettingsError, RuntimeError):
     """A checkpoint that cannot be resumed from as asked."""
+
+
+# Model fields a resumed run may change: they shape no weight and no optimizer state.
+MAY_CHANGE = frozenset({"hidden_dropout_prob", "attention_probs_dropout_prob", "pooler_dropout", "cls_dropout",
+                        "attention_backend"})
+
+
+def run_identity(trainer_state: dict, tokenizer_sha256: Optional[str]) -> dict:
+    """What a checkpoint's run is, flat by name: objective (name and options), every model
+    config field that shapes weights, tokenizer, global batch and seed. The world size is
+    not in it: another one is a supported change (universal checkpoints)."""
+    model = dict(trainer_state["model"])
+    identity = {"objective": model.pop("objective"), "global_batch": trainer_state["global_batch"],
+                "seed": trainer_state["seed"], "tokenizer sha256": tokenizer_sha256}
+    for part, values in model.items():
+        if isinstance(values, dict):
+            identity.update({f"{part}.{name}": value for name, value in values.items() if name not in MAY_CHANGE})
+        else:
+            identity[part] = values
+    return identity
+
+
+def tokenizer_digest(files: dict[str, Path]) -> str:
+    """One digest of a tokenizer's files (name and contents), short enough to show."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(f"{name}:{sha256_file(files[name])}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def check_same_run(saved: dict, current: dict, checkpoint: Path, output_dir: Path, force: bool, log) -> None:
+    """Refuse to resume ``checkpoint`` with changed settings, naming each as ``name old -> new``
+    (``force``: only log them)."""
+    changed = [f"{name} {saved.get(name)!r} -> {current.get(name)!r}" for name in sorted(set(saved) | set(current))
+               if saved.get(name) != current.get(name)]
+    if not changed:
+        return
+    listing = ", ".join(changed)
+    if force:
+        log(f"--force_resume: resuming {checkpoint} with changed settings: {listing}")
+        return
+    raise ResumeError(f"{checkpoint} was trained with other settings ({listing}); resuming would mix two runs. "
+                      f"Start a new run with another --output_dir than {output_dir}, or resume anyway with "
+                      f"--force_resume (the weights must still fit the model). Another number of ranks is the "
+                      f"one supported change: --universal_checkpoint")
 
 
 def tag_of(step: int) -> str:
@@ -140,6 +187,11 @@ class CheckpointManager:
         return final
 
     # --- load ---------------------------------------------------------------------
+    def saved_trainer_state(self, path: Path) -> dict:
+        """The trainer state recorded with checkpoint ``path`` (its checkpoint.json), read without
+        loading any weight: what a resume compares with its own settings first."""
+        return json.loads((path / CHECKPOINT_FILE).read_text(encoding="utf-8"))["trainer"]
+
     def load(self, engines: dict, path: Path, universal: bool) -> dict:
         """Restore the engines and RNG from ``path``; returns the trainer state saved with it."""
         info = json.loads((path / CHECKPOINT_FILE).read_text(encoding="utf-8"))

@@ -70,6 +70,8 @@ class CheckpointConfig:
     keep_checkpoints: int = option(3, "newest complete checkpoints kept; older ones are deleted")
     universal_checkpoint: bool = option(False, "resume from a DeepSpeed universal checkpoint (another world "
                                                "size or ZeRO stage)")
+    force_resume: bool = option(False, "resume although the model, objective, tokenizer, global batch or seed "
+                                       "changed (they are listed; the weights must still fit the model)")
 
     def __post_init__(self):
         if self.save_interval < 1 or self.keep_checkpoints < 1:

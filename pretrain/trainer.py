@@ -32,7 +32,7 @@ from training.engine import build_engine, loss_scale, parameter_count
 from training.outputs import Outputs, Throughput, eta
 from training.sync import BAD_INPUT, BadInput, NonFiniteLoss, StepAgreement, StepTotals, stop_requested
 
-from .checkpoint import CheckpointManager, ResumeError
+from .checkpoint import CheckpointManager, check_same_run, run_identity, tokenizer_digest
 from .config import TrainConfig, parse_args
 from .data import (BAD_SEQUENCE, TRAIN_STREAM, VALID_STREAM, MaskedSequences, TrainOrder, check_shards, train_loader,
                    valid_batches)
@@ -120,14 +120,21 @@ class Trainer:
         dist.barrier()
         latest = self.checkpoints.latest()
         if latest is None:
+            self.out.truncate_to(-1)  # the logs of an attempt that never saved a checkpoint
             self.out.print(f"starting a new run in {self.output_dir}")
             return
+        # Compared before any weight is read: a changed shape is named, not a state_dict size mismatch.
+        saved_tokenizer = latest / "tokenizer"
+        check_same_run(
+            run_identity(self.checkpoints.saved_trainer_state(latest),
+                         tokenizer_digest(load_tokenizer(saved_tokenizer).files()) if saved_tokenizer.is_dir() else None),
+            run_identity(self.trainer_state(), tokenizer_digest(self.tokenizer.files()) if saved_tokenizer.is_dir()
+                         else None),
+            latest, self.output_dir, self.config.checkpoint.force_resume, self.out.print)
         state = self.checkpoints.load(self.engines, latest, self.config.checkpoint.universal_checkpoint)
-        if state["seed"] != self.config.run.seed:
-            raise ResumeError(f"{latest} was trained with --seed {state['seed']}, this run has "
-                              f"{self.config.run.seed}: the data order and masking would change")
         self.step, self.consumed = state["step"], state["consumed_samples"]
         self.skipped, self.tokens_seen = state["skipped_steps"], state["tokens_seen"]
+        self.out.truncate_to(self.step)  # what the stopped attempt logged after its checkpoint
         self.out.print(f"resumed from {latest}: step {self.step}, {self.consumed:,} samples consumed")
 
     def save(self) -> Path:
