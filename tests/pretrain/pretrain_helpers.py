@@ -34,10 +34,16 @@ def train_args(data_dir: Path, output_dir: Path, **flags) -> list[str]:
 
 
 def deepspeed_command(args: list[str], ranks: int = 2) -> list[str]:
-    """The `deepspeed` launcher (its console script, or the same runner as a module)."""
+    """`deberta-launch`: the `deepspeed` launcher on a free port, started again on another
+    if a concurrent job takes it first."""
+    return [sys.executable, "-m", "training.launch", "--num_gpus", str(ranks), "pretrain/main.py", *args]
+
+
+def plain_deepspeed_command(args: list[str], ranks: int = 2, port: int | None = None) -> list[str]:
+    """The `deepspeed` launcher itself (its console script, or the same runner as a module)."""
     launcher = [shutil.which("deepspeed")] if shutil.which("deepspeed") else \
         [sys.executable, "-m", "deepspeed.launcher.runner"]
-    return [*launcher, "--num_gpus", str(ranks), "--master_port", str(free_port()), "pretrain/main.py", *args]
+    return [*launcher, "--num_gpus", str(ranks), "--master_port", str(port or free_port()), "pretrain/main.py", *args]
 
 
 def run_deepspeed(args: list[str], timeout: float = 240, **env) -> subprocess.CompletedProcess:
