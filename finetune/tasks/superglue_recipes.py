@@ -18,6 +18,7 @@ lead to merge into it.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -176,3 +177,30 @@ def _catalogue() -> dict[str, Recipe]:
 
 
 CATALOGUE: dict[str, Recipe] = _catalogue()
+
+
+def describe(name: str) -> str:
+    found = CATALOGUE[name]
+    width = max(map(len, found.settings))
+    lines = [f"{name}: {found.description}"]
+    lines += [f"  {key:<{width}} = {value!r:<10} {source}" for key, (value, source) in found.settings.items()]
+    if found.starts_from:
+        lines.append(f"  {'start':<{width}} = {found.starts_from[0]!r:<10} {found.starts_from[1]} "
+                     "(an MNLI-finetuned model)")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``python -m finetune.tasks.superglue_recipes [TASK|NAME ...]``: the recipes with their sources."""
+    wanted = list(sys.argv[1:] if argv is None else argv)
+    names = [name for name in CATALOGUE if not wanted or name in wanted or name.split("/")[0] in wanted]
+    if not names:
+        print(f"error: no recipe for {wanted}; tasks: {sorted({n.split('/')[0] for n in CATALOGUE})}",
+              file=sys.stderr)
+        return 2
+    print("\n\n".join(describe(name) for name in names))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
