@@ -41,6 +41,13 @@ class XnliTask(TableClassificationTask):
     def __init__(self, config, tokenizer):
         super().__init__(config, tokenizer, GLUE["mnli"])  # MNLI's columns and label set
 
+    def train_file(self) -> Path:
+        path = Path(self.config.train) if self.config.train else self._data_path("train")
+        if path is None or not path.is_file():
+            raise DataError(f"MNLI training file not found: {path} (give --train glue/MNLI/train.tsv, or put "
+                            f"MNLI's train.tsv in --data_dir)")
+        return path
+
     def _xnli_path(self, split: str) -> Path | None:
         """The combined official file, else the folder when it holds per-language files."""
         if self.config.data_dir is None:

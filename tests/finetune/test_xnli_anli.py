@@ -114,6 +114,12 @@ def test_xnli_per_language_files(tmp_path):
     assert [p.language for p in split.examples] == ["en"] * 3 + ["sw"] * 3
 
 
+def test_xnli_without_mnli_says_where_to_get_it(tmp_path):
+    _, xnli = write_xnli(tmp_path)
+    with pytest.raises(DataError, match=r"MNLI training file not found: .*give --train glue/MNLI/train\.tsv"):
+        make_task("xnli", data_dir=str(xnli)).train_file()
+
+
 def test_xnli_unknown_label_names_file_and_line(tmp_path):
     _, xnli = write_xnli(tmp_path)
     text = (xnli / "xnli.dev.tsv").read_text().replace("\tneutral\t", "\tmaybe\t", 1)
