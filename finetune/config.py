@@ -6,9 +6,10 @@ sections shared with pretraining (``training.config``), all of them flags.
     python -m finetune --config run.yaml --lr 3e-5
 
 The command is built by ``deberta.cli.Command``, with the precedence of every command:
-flags, then ``--config FILE``, then the DeepSpeed JSON (batch sizes, precision, ZeRO
-stage, clipping), then finetuning's defaults (``FINETUNE_DEFAULTS``, and a micro-batch of
-``DEFAULT_MICRO_BATCH``), then the dataclass defaults. Older flag names stay as aliases
+flags, then ``--config FILE``, then the recipe (``--recipe``, by default chosen from the
+task and the model's size: finetune/recipes.py), then the DeepSpeed JSON (batch sizes,
+precision, ZeRO stage, clipping), then finetuning's defaults (``FINETUNE_DEFAULTS``, and
+a micro-batch of ``DEFAULT_MICRO_BATCH``), then the dataclass defaults. Older flag names stay as aliases
 (``--learning_rate``, ``--batch_size``, ``--gradient_accumulation_steps``,
 ``--max_grad_norm``, ``--adam_epsilon``).
 """
@@ -18,7 +19,10 @@ import argparse
 import dataclasses
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
+
+import yaml
 
 from deberta.cli import Command, option, required
 from training.config import EngineConfig, OptimizerConfig
@@ -47,6 +51,10 @@ class TaskConfig:
     regression: bool = option(False, "custom: a real-valued label (MSE loss)")
     # sequences
     max_seq_length: int = option(128, "tokens per input, special tokens included")
+    pair_truncation: str = option("longest_first", "GLUE and custom tables, an input over max_seq_length: "
+                                                   "longest_first (the longer text loses its last tokens) or "
+                                                   "official (it loses its first or last token at random, "
+                                                   "seeded, as the official data code)")
     doc_stride: int = option(128, "squad: tokens between the starts of context windows")
     max_query_length: int = option(64, "squad: question tokens kept")
     max_answer_length: int = option(30, "squad: longest predicted answer in tokens")
@@ -60,13 +68,17 @@ class TaskConfig:
     max_steps: int = option(0, "optimizer steps; overrides epochs when > 0")
     eval_batch_size: int = option(64, "examples per rank when evaluating")
     cls_dropout: Optional[float] = option(None, "classifier dropout (default: the model's)")
+    init_task_model: Optional[str] = option(None, "start from this model folder finetuned on another task (the "
+                                                  "official MRPC, RTE and STS-B runs start from MNLI's): its "
+                                                  "backbone and pooler, and its classifier where the shapes fit; "
+                                                  "--model gives the architecture and tokenizer")
     seed: int = option(42, "initial head weights, data order and dropout")
     seeds: str = option("1", "runs of the task: N (seeds --seed, --seed+1, ..., each in OUTPUT/seed_<s>/, then "
                              "OUTPUT/seeds_summary.json with the median and spread), or a comma-separated list of "
                              "seeds (1,2,3)")
     # SiFT
     sift: bool = option(False, "virtual adversarial training on normalised embeddings")
-    sift_lambda: float = option(1.0, "weight of the adversarial loss")
+    sift_lambda: float = option(5.0, "weight of the adversarial loss (5: the official -sift recipes; v3 xsmall 3)")
     sift_step_size: float = option(1e-4, "ascent step of the perturbation")
     sift_init_noise: float = option(1e-2, "std of the initial perturbation")
     # evaluation and outputs
@@ -112,6 +124,8 @@ class TaskConfig:
         for name in ("sift_lambda", "sift_step_size", "sift_init_noise"):
             if getattr(self, name) <= 0:
                 fail(name, "> 0")
+        if self.pair_truncation not in ("longest_first", "official"):
+            fail("pair_truncation", "longest_first, official")
         if self.data_dir is None and self.train is None and self.dev is None:
             raise ValueError("give --data_dir, or --train / --dev files")
         if self.task == "custom" and not self.text_cols:
@@ -158,25 +172,37 @@ class FinetuneConfig:
     run: TaskConfig
     optimizer: OptimizerConfig
     engine: EngineConfig
+    recipe: Optional[dict] = None  # the recipe followed: name, why, each value with its source (finetune/recipes.py)
 
     @classmethod
-    def create(cls, **values) -> "FinetuneConfig":
+    def create(cls, recipe: str = "none", **values) -> "FinetuneConfig":
         """From flat field values (flag names or their aliases), with finetuning's defaults,
         as the command line would give them: ``FinetuneConfig.create(task="sst-2", lr=1e-3, ...)``.
-        A bad value raises ValueError naming it."""
+        ``recipe``: "auto" (the command line's default), a recipe name, or "none" (here the
+        default: values given in code are taken as they are). A bad value raises ValueError naming it."""
         values = {CANONICAL.get(name, name): value for name, value in values.items()}
         unknown = sorted(set(values) - {f.name for section in SECTIONS.values() for f in dataclasses.fields(section)})
         if unknown:
             raise ValueError(f"unknown finetuning settings {unknown}")
+        from . import recipes  # here: `python -m finetune.recipes` imports this package first
+        name, why = recipes.choose(recipe, values.get("task"), values.get("model"))
+        recipe_values = _recipe_defaults(name, values)
         sections = {}
-        for name, section in SECTIONS.items():
+        for section_name, section in SECTIONS.items():
             fields = {f.name for f in dataclasses.fields(section)}
-            defaults = {k: v for k, v in FINETUNE_DEFAULTS.items() if k in fields}
-            sections[name] = section(**{**defaults, **{k: v for k, v in values.items() if k in fields}})
-        return cls(**sections)
+            given = {**FINETUNE_DEFAULTS, **recipe_values, **values}
+            sections[section_name] = section(**{k: v for k, v in given.items() if k in fields})
+        return cls(**sections).with_recipe(name, why)
+
+    def with_recipe(self, name: Optional[str], why: str) -> "FinetuneConfig":
+        """Records the recipe (``name`` None: none) with which of its values held."""
+        from . import recipes
+        flat = {k: v for section in SECTIONS for k, v in dataclasses.asdict(getattr(self, section)).items()}
+        self.recipe = {"name": name, "chosen": why, **(recipes.CATALOGUE[name].record(flat) if name else {})}
+        return self
 
     def to_dict(self) -> dict:
-        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+        return {**{name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}, "recipe": self.recipe}
 
 
 # Older flag names -> the field they set.
@@ -184,13 +210,56 @@ CANONICAL = {alias: f.name for section in SECTIONS.values() for f in dataclasses
              for alias in f.metadata.get("aliases", ())}
 
 
-def build_command() -> Command:
-    return Command("deberta-finetune", "Finetune a DeBERTa model folder on a task (one device, or many with "
-                   "`deepspeed finetune/main.py`).", SECTIONS, defaults=FINETUNE_DEFAULTS,
-                   extra={"local_rank": dict(type=int, default=-1, help=argparse.SUPPRESS)})
+def _recipe_defaults(name: Optional[str], given: dict) -> dict:
+    """The recipe's values that apply under ``given`` (flags and --config). Its global batch
+    yields when both the micro-batch and the accumulation are given: they fix the batch."""
+    from . import recipes
+    values = dict(recipes.RECIPES[name]) if name else {}
+    if given.get("micro_batch_size") and given.get("grad_accum"):
+        values.pop("global_batch_size", None)
+    return values
+
+
+def _first_look(argv: list[str]) -> tuple[Optional[str], Optional[str], str, dict]:
+    """(task, model, recipe, the config file's values) before the full parse: the recipe
+    depends on the task and the model's size. Flags first, then the --config file."""
+    peek = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for name in ("task", "model", "recipe", "config", "micro_batch_size", "batch_size", "grad_accum",
+                 "gradient_accumulation_steps"):
+        peek.add_argument(f"--{name}")
+    known = vars(peek.parse_known_args(argv)[0])
+    from_file = {}
+    if known["config"]:
+        try:
+            from_file = yaml.safe_load(Path(known["config"]).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError):
+            from_file = {}  # the full parse reports the unreadable file
+        from_file = {CANONICAL.get(k, k): v for k, v in from_file.items()} if isinstance(from_file, dict) else {}
+    given = {**from_file, **{CANONICAL.get(k, k): v for k, v in known.items() if v is not None}}
+    return given.get("task"), given.get("model"), given.get("recipe") or "auto", given
+
+
+def build_command(argv: Optional[list[str]] = None) -> tuple[Command, Optional[str], str]:
+    """The command, with the recipe's values as defaults; also (recipe name or None, why)."""
+    from . import recipes
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = Command("deberta-finetune", "Finetune a DeBERTa model folder on a task (one device, or many with "
+                      "`deepspeed finetune/main.py`).", SECTIONS, defaults=FINETUNE_DEFAULTS,
+                      extra={"recipe": dict(type=str, default=recipes.AUTO,
+                                            help="auto (from --task and the model's size), a recipe name "
+                                                 "(python -m finetune.recipes lists them) or none"),
+                             "local_rank": dict(type=int, default=-1, help=argparse.SUPPRESS)})
+    task, model, requested, given = _first_look(argv)
+    try:
+        name, why = recipes.choose(requested, task, model)
+    except ValueError as error:
+        command.parser.error(str(error))
+    command.set_defaults(_recipe_defaults(name, given))
+    return command, name, why
 
 
 def parse_args(argv: Optional[list[str]] = None) -> FinetuneConfig:
     argv = list(sys.argv[1:] if argv is None else argv)
-    return FinetuneConfig(**build_command().parse(argv))
+    command, name, why = build_command(argv)
+    return FinetuneConfig(**command.parse(argv)).with_recipe(name, why)
 

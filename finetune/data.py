@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -106,6 +107,32 @@ def require_columns(path: Path, rows: list[Row], columns: list[str]) -> None:
     missing = [c for c in columns if c not in present]
     if missing:
         raise DataError(f"{path}: no column {missing[0]!r} (missing {missing}; the file has {sorted(present)})")
+
+
+def truncate_official(segments: list[list[int]], budget: int, rng: random.Random) -> None:
+    """Shorten the segments in place until together they fit ``budget`` tokens, as the
+    official data code does (``_truncate_segments`` in DeBERTa/data/example.py, after the
+    original BERT's pair truncation): one token at a time from the currently longest
+    segment (of equals, the one the previous sort put first), its first or its last token
+    with equal chance.
+
+    Cutting at both ends keeps the middle of a long text in view and varies what is lost.
+    One difference, on purpose: the official function returns the segments sorted by
+    length, so a pair it had to cut comes back with the longer text first (premise and
+    hypothesis swap when the hypothesis was longer); here the order stays as given.
+    The official loader draws anew each time an example is read (its generator is seeded
+    by the example's place in the epoch); here the caller's ``rng`` decides once per input.
+    """
+    by_length = list(segments)  # the same lists, in the official's working order
+    while sum(len(segment) for segment in segments) > budget:
+        by_length.sort(key=len, reverse=True)  # stable: equals keep their order, as sorted() there
+        by_length[0].pop(0 if rng.random() < 0.5 else -1)
+
+
+def truncation_rng(seed: int, path: Path, row: int) -> random.Random:
+    """The generator of one input's official truncation: the same for the same run seed,
+    file name and row, so every rank and every rerun cuts alike."""
+    return random.Random(f"{seed}:{path.name}:{row}")
 
 
 @dataclass

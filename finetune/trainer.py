@@ -58,6 +58,7 @@ class Trainer:
         self.device = device()
         self.out = Outputs(self.output_dir, self.rank, run.tensorboard)
         set_seed(run.seed)
+        self._report_recipe()
 
         # config.json only (the weights are read once, below): a missing or unreadable folder
         # is named as such before its tokenizer is looked for.
@@ -76,6 +77,9 @@ class Trainer:
         if run.cls_dropout is not None:
             overrides["cls_dropout"] = run.cls_dropout
         model = load_model(run.model, head=self.task.head, **overrides)
+        if run.init_task_model:  # the official MNLI start of MRPC, RTE and STS-B
+            from .recipes import start_from_task_model  # here: `python -m finetune.recipes` imports this package
+            self.out.print(start_from_task_model(model, run.init_task_model))
 
         self.ds_config = resolve_ds_config(config.engine, config.optimizer, self.world_size,
                                            default_micro=DEFAULT_MICRO_BATCH)
@@ -106,6 +110,14 @@ class Trainer:
             self.out.print(note)
         self.out.print(f"{name}: {len(split.examples)} examples, {len(split.features)} inputs from {path}")
         return split
+
+    def _report_recipe(self) -> None:
+        """Which recipe set the defaults (finetune_config.json keeps each value and source)."""
+        recipe = self.config.recipe or {"name": None, "chosen": "none given"}
+        self.out.print(f"recipe: {recipe['name'] or 'none'} ({recipe['chosen']})")
+        if recipe.get("starts_from") and not self.config.run.init_task_model:
+            self.out.print(f"recipe {recipe['name']}: the official run starts from a model finetuned on "
+                           f"{recipe['starts_from']}; give --init_task_model DIR (e.g. that run's best/) to do so")
 
     def _check_lengths(self, model_config) -> None:
         """Absolute position embeddings cap the length; relative-only models extrapolate."""

@@ -107,5 +107,6 @@ class Task:
         return pad_batch(features, self.tokenizer.pad_token_id)
 
     def divergence(self, perturbed: torch.Tensor, clean: torch.Tensor, batch: dict) -> torch.Tensor:
-        """SiFT's distance between the outputs with and without the perturbation."""
-        return symmetric_kl(perturbed, clean)
+        """SiFT's distance between the outputs with and without the perturbation, one value
+        per row that counts (SiFT sums them for its probe and averages them for its loss)."""
+        return symmetric_kl(perturbed, clean, reduction="none")

@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import torch.nn.functional as F
 
 from .. import metrics as M
-from ..data import DataError, Row, Split, TruncationCounter, read_table, require_columns, write_tsv
+from ..data import (DataError, Row, Split, TruncationCounter, read_table, require_columns, truncate_official,
+                    truncation_rng, write_tsv)
+from ..sift import squared_difference
 from .base import Task, register
 
 
@@ -104,6 +105,11 @@ class TableClassificationTask(Task):
             first = self.tokenizer.encode(texts[0])
             second = self.tokenizer.encode(texts[1]) if len(texts) > 1 else None
             counter.add(len(first) + (len(second) + 3 if second is not None else 2))
+            if self.config.pair_truncation == "official":  # else build_inputs cuts longest-first
+                special = 2 if second is None else 3
+                truncate_official([s for s in (first, second) if s is not None],
+                                  self.config.max_seq_length - special,
+                                  truncation_rng(self.config.seed, path, row.line))
             feature = self.tokenizer.build_inputs(first, second, self.config.max_seq_length)
             label = self._label(path, row) if labelled else None
             if labelled:
@@ -143,7 +149,7 @@ class TableClassificationTask(Task):
 
     def divergence(self, perturbed, clean, batch):
         if self.spec.is_regression:  # one real output: no distribution to compare
-            return F.mse_loss(perturbed.float(), clean.float())
+            return squared_difference(perturbed, clean)
         return super().divergence(perturbed, clean, batch)
 
 
