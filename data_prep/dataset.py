@@ -7,10 +7,15 @@ from pathlib import Path
 
 import numpy as np
 
+from deberta.errors import InputError
 from deberta.tokenizer import Tokenizer, load_tokenizer
 
 from .shard_format import (FORMAT_NAME, FORMAT_VERSION, MANIFEST, TOKENIZER_FOLDER, WORK_FOLDER, Packing,
                            ShardIndex, describe_tokenizer)
+
+
+class DataDirError(InputError, ValueError):
+    """An output folder of ``shard`` that cannot be read as it is; the message names the file."""
 
 
 def load_manifest(data_dir: str | Path) -> dict:
@@ -24,12 +29,12 @@ def load_manifest(data_dir: str | Path) -> dict:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: damaged ({error}); write the data again (`python -m data_prep "
+        raise DataDirError(f"{path}: damaged ({error}); write the data again (`python -m data_prep "
                          f"shard ... --overwrite`)") from None
     if manifest.get("format") != FORMAT_NAME:
-        raise ValueError(f"{path}: not a data_prep manifest (format {manifest.get('format')!r})")
+        raise DataDirError(f"{path}: not a data_prep manifest (format {manifest.get('format')!r})")
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: format version {manifest.get('format_version')}, this code reads "
+        raise DataDirError(f"{path}: format version {manifest.get('format_version')}, this code reads "
                          f"version {FORMAT_VERSION}")
     return manifest
 
@@ -47,7 +52,7 @@ class ShardedDataset:
         self.data_dir = Path(data_dir)
         self.manifest = load_manifest(self.data_dir)
         if split not in self.manifest["splits"]:
-            raise ValueError(f"no split {split!r} in {self.data_dir} (has {', '.join(self.manifest['splits'])})")
+            raise DataDirError(f"no split {split!r} in {self.data_dir} (has {', '.join(self.manifest['splits'])})")
         self.split = split
         info = self.manifest["splits"][split]
         self.seq_len = self.manifest["settings"]["seq_len"]
@@ -63,7 +68,7 @@ class ShardedDataset:
             path = self.data_dir / f"{shard['name']}.bin"
             size = path.stat().st_size if path.is_file() else None
             if size != shard["bytes"]:
-                raise ValueError(f"{path}: {'missing' if size is None else f'{size} bytes'}, the manifest says "
+                raise DataDirError(f"{path}: {'missing' if size is None else f'{size} bytes'}, the manifest says "
                                  f"{shard['bytes']}; run `python -m data_prep verify {self.data_dir}`")
         self._maps: list[np.ndarray | None] = [None] * len(self._shards)
         self._document_starts: np.ndarray | None = None
@@ -136,6 +141,6 @@ class ShardedDataset:
         tokenizer = load_tokenizer(tokenizer_path)
         found = describe_tokenizer(str(tokenizer_path), tokenizer)["files"]
         if found != recorded["files"] or tokenizer.vocab_size != self.vocab_size:
-            raise ValueError(f"tokenizer {tokenizer_path} (vocab {tokenizer.vocab_size}, sha256 "
+            raise DataDirError(f"tokenizer {tokenizer_path} (vocab {tokenizer.vocab_size}, sha256 "
                              f"{next(iter(found.values()))[:12]}) is not the one {self.data_dir} was made with "
                              f"({recorded['path']}, vocab {self.vocab_size}, sha256 {recorded['sha256'][:12]})")

@@ -201,12 +201,17 @@ def write_shard(bin_path: Path, idx_path: Path, packed_chunks: Iterable[np.ndarr
     Both go to temporary names first, so a killed writer leaves no file that looks finished.
     """
     digest, size = hashlib.sha256(), 0
-    with atomic_file(bin_path) as temporary, open(temporary, "wb") as f:
-        for chunk in packed_chunks:
-            data = chunk.tobytes()
-            digest.update(data)
-            f.write(data)
-            size += len(data)
+    try:
+        with atomic_file(bin_path) as temporary, open(temporary, "wb") as f:
+            for chunk in packed_chunks:
+                data = chunk.tobytes()
+                digest.update(data)
+                f.write(data)
+                size += len(data)
+    except OSError as error:
+        if error.filename is not None:
+            raise
+        raise OSError(error.errno, error.strerror, str(bin_path)) from error  # name the shard (a full disk)
     _counted_commit()
     index = replace(index_without_size, bin_bytes=size)
     index_bytes = index.to_bytes()

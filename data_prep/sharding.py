@@ -214,10 +214,8 @@ def run_shard(config: ShardConfig) -> int:
                     shutil.rmtree(job.work, ignore_errors=True)
                 return 0
             return _run_stages(job)
-    except PrepError as error:
-        if comm.rank == 0:
-            print(f"data_prep shard: error: {error}", file=sys.stderr, flush=True)
-        return 1
+    except PrepError:
+        raise  # met by every rank alike: deberta.errors.run_command reports it once, from rank 0
     except Exception:
         if comm.size > 1:       # the other ranks would wait for this one forever
             traceback.print_exc()

@@ -78,7 +78,7 @@ def describe_os_error(error: OSError) -> str:
     what = error.strerror or str(error)
     if error.errno in DISK_FULL:
         what += ("; free space (or raise the quota or file-size limit) and run the same command again: "
-                 "files already written are complete, only the one being written was dropped")
+                 "what was written before is complete, and the partial file is removed when it runs again")
     elif isinstance(error, PermissionError):
         what += "; choose a folder you can write to, or change its permissions"
     return f"{where}: {what}" if where else what

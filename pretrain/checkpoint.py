@@ -32,7 +32,7 @@ import torch.distributed as dist
 
 from data_prep.shard_format import sha256_file
 from deberta.atomic import atomic_write, fsync_dir
-from deberta.errors import SettingsError
+from deberta.errors import SettingsError, UserError
 
 CHECKPOINT_FILE = "checkpoint.json"
 LATEST = "latest"
@@ -48,6 +48,20 @@ KILL_IN_SAVE_ENV = "PRETRAIN_KILL_IN_SAVE_AT_STEP"
 
 class ResumeError(SettingsError, RuntimeError):
     """A checkpoint that cannot be resumed from as asked."""
+
+
+class SaveError(UserError):
+    """A checkpoint that could not be written (a full disk, a quota); the previous one stays."""
+
+    every_rank = False  # the rank that could not write says so
+
+
+def describe_write_error(error: BaseException) -> str:
+    if isinstance(error, OSError):
+        return f"{error.filename}: {error.strerror}" if error.filename else (error.strerror or str(error))
+    # torch's zip writer: "[enforce fail at inline_container.cc:...] ... file write failed" and the like
+    detail = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+    return f"a write failed, most likely for lack of space: {detail}"
 
 
 # Model fields a resumed run may change: they shape no weight and no optimizer state.
@@ -164,10 +178,16 @@ class CheckpointManager:
             if tmp.exists():
                 shutil.rmtree(tmp)
         dist.barrier()
-        for name, engine in engines.items():
-            engine.save_checkpoint(str(self.directory), tag=engine_tag(tmp.name, name),
-                                   client_state={"trainer": trainer_state}, save_latest=False)
-        torch.save(rng_state(), tmp / f"rng_rank_{self.rank:05d}.pt")
+        try:
+            for name, engine in engines.items():
+                engine.save_checkpoint(str(self.directory), tag=engine_tag(tmp.name, name),
+                                       client_state={"trainer": trainer_state}, save_latest=False)
+            torch.save(rng_state(), tmp / f"rng_rank_{self.rank:05d}.pt")
+        except (OSError, RuntimeError) as error:  # torch's writer reports a full disk as a RuntimeError
+            raise SaveError(f"saving the checkpoint of step {step} into {tmp} failed ({describe_write_error(error)}). "
+                            f"Nothing already saved is touched: {self.latest() or 'no checkpoint'} is still the "
+                            f"latest; free space (or raise the quota) and run the same command again to resume "
+                            f"from it") from error
         dist.barrier()
         if self.rank == 0:
             if os.environ.get(KILL_IN_SAVE_ENV) == str(step):
