@@ -128,7 +128,8 @@ def train_tokenizer(patterns: list[str], vocab_size: int, output: str | Path, ma
     sample = bottom_k_sample(training_sentences(read_documents(patterns, text_field, problems)),
                              max_sentences, seed)
     for kind, count in problems.counts.items():
-        print(f"data_prep tokenizer: {count} input problem(s) {kind}, e.g. {problems.examples[0]['where']}",
+        example = next(e for e in problems.examples if e["kind"] == kind)
+        print(f"data_prep tokenizer: {count} input problem(s) {kind}, e.g. {example['where']}: {example['detail']}",
               file=sys.stderr)
     if not sample:
         raise InputError(f"no text found in {patterns} (every document empty or unreadable); check --input "
