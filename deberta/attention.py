@@ -121,3 +121,9 @@ def register_backend(name: str, backend: Backend) -> None:
     """Make another kernel selectable by ``DebertaConfig(attention_backend=name)``; it takes
     the arguments described at the top of this module."""
     ATTENTION_BACKENDS[name] = backend
+
+
+# The fused Triton kernels (deberta/kernels): Triton itself is imported on first use only.
+from .kernels import triton_attention  # noqa: E402
+
+register_backend("triton", triton_attention)

@@ -54,22 +54,57 @@ INTERPRETED = bool(triton.knobs.runtime.interpret) if hasattr(triton, "knobs") e
 
 
 def _interpreter_compatibility() -> None:
-    """Triton 3.6's interpreter passes scalar arguments as 1-element arrays and converts
-    them with int(), which NumPy 2 refuses (a loop bound such as ``range(0, length, ...)``
-    then fails); later Triton squeezes first. Applies that fix where it is missing."""
+    """Two gaps of Triton 3.6's interpreter, closed while an interpreted kernel runs:
+    - it passes scalar arguments as 1-element arrays and converts them with int(), which
+      NumPy 2 refuses (a loop bound such as ``range(0, length, ...)`` fails); later Triton
+      squeezes first;
+    - Triton's own library functions (tl.max, tl.rand, ...) are interpreted only if
+      TRITON_INTERPRET was set before ``import triton``; imported earlier (torch._dynamo
+      imports it), they refuse to be called, so they are run interpreted here too;
+    - tl.dot multiplies bf16 operands as their raw 16-bit integers (up to 3.9 at least);
+      here they are widened to fp32 first, which is what tensor cores compute (exact
+      products, fp32 sums)."""
     import inspect
 
+    import numpy as np
+
     from triton.runtime import interpreter
+    from triton.runtime.jit import JITFunction
 
     original = interpreter._patch_lang_tensor
-    if "squeeze" in inspect.getsource(original):
+    if getattr(original, "closes_deberta_gaps", False):
         return
+    squeeze_missing = "squeeze" not in inspect.getsource(original)
+    library_compiled = isinstance(tl.max, JITFunction)
+    interpreted = {}
+
+    def call_interpreted(function, *args, **kwargs):
+        if function.fn not in interpreted:
+            interpreted[function.fn] = interpreter.InterpretedFunction(function.fn)
+        return interpreted[function.fn](*args, **kwargs)
 
     def patch_lang_tensor(tensor, scope):
         original(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+        if squeeze_missing:
+            scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+        if library_compiled:
+            scope.set_attr(JITFunction, "__call__", call_interpreted)
 
+    patch_lang_tensor.closes_deberta_gaps = True
     interpreter._patch_lang_tensor = patch_lang_tensor
+
+    original_dot = interpreter.InterpreterBuilder.create_dot
+
+    def widened(operand):
+        if operand.dtype != tl.bfloat16:
+            return operand
+        as_fp32 = interpreter._convert_float(operand.data, tl.bfloat16, tl.float32, None).view(np.float32)
+        return interpreter.TensorHandle(as_fp32, tl.float32)
+
+    def create_dot(self, a, b, *rest):
+        return original_dot(self, widened(a), widened(b), *rest)
+
+    interpreter.InterpreterBuilder.create_dot = create_dot
 
 
 if INTERPRETED:
@@ -453,7 +488,7 @@ def relative_layout(rel_index: torch.Tensor, length: int, span: int) -> Relative
 def _blocks(head_dim: int) -> tuple[int, int, int]:
     """(BLOCK_M = BLOCK_N, WINDOW, num_warps). The interpreter is slow per element: small tiles."""
     if INTERPRETED:
-        return 16, 32, 1
+        return 32, 64, 1
     return 64, 128, 4 if head_dim <= 64 else 8
 
 
