@@ -442,6 +442,11 @@ class DebertaEncoder(nn.Module):
             self.rel_embeddings = nn.Embedding(2 * config.relative_span, config.hidden_size)
             # Rows are read through the module (not .weight) so that ZeRO-3 gathers them.
             self.register_buffer("rel_rows", torch.arange(2 * config.relative_span), persistent=False)
+            # r(i, j) depends on i - j only, so the index of a shorter sequence is the top-left
+            # block of this one: built once here, never in a training step (the bucket
+            # arithmetic would copy constants to the device there, one host wait each).
+            self.register_buffer("rel_index_table",
+                                 relative_position_index(config.max_position_embeddings, config), persistent=False)
         if config.relative_attention and config.norm_rel_ebd == "layer_norm":
             self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.conv = ConvLayer(config) if config.conv_kernel_size > 0 else None
@@ -456,7 +461,9 @@ class DebertaEncoder(nn.Module):
     def relative_index(self, length: int, device) -> Optional[torch.Tensor]:
         if not self.config.relative_attention:
             return None
-        return relative_position_index(length, self.config, device)
+        if length <= self.rel_index_table.shape[0]:
+            return self.rel_index_table[:length, :length]
+        return relative_position_index(length, self.config, device)  # relative-only models extrapolate
 
     def run_layer(self, layer, *args):
         if self.gradient_checkpointing and self.training:
@@ -557,6 +564,7 @@ class HeadOutput:
     logits: torch.Tensor
     loss: Optional[torch.Tensor] = None
     hidden_states: Optional[torch.Tensor] = None  # the last hidden state of the backbone
+    labels: Optional[torch.Tensor] = None  # MLM with labels: the label of each logits row (-100: a filler row)
 
     @property
     def start_logits(self):  # span QA: logits [B, L, 2]
@@ -595,34 +603,45 @@ class EnhancedMaskDecoder(nn.Module):
         self.config = config
         self.lm_head = MaskedLMHead(config)
 
-    def decode(self, out: BackboneOutput, mask, encoder: DebertaEncoder, targets=None) -> torch.Tensor:
-        """The states the MLM output reads: [B, L, H], or with ``targets`` ([B, L] bool)
-        [N_targets, H] in row-major order. The decoder then runs only at the targets:
-        queries are independent rows, so 15 % of the rows give the same numbers at 15 %
-        of the cost of its passes."""
+    def decode(self, out: BackboneOutput, mask, encoder: DebertaEncoder, positions=None) -> torch.Tensor:
+        """The states the MLM output reads: [B, L, H], or at ``positions`` ([B, M] long)
+        only, [B, M, H]. The decoder then runs only there: queries are independent rows,
+        so 15 % of the rows give the same numbers at 15 % of the cost of its passes."""
+        def at_positions(states):
+            return states.gather(1, positions.unsqueeze(-1).expand(-1, -1, states.shape[-1]))
+
         if self.config.emd_layers == 0:
-            return out.last_hidden_state if targets is None else out.last_hidden_state[targets]
+            return out.last_hidden_state if positions is None else at_positions(out.last_hidden_state)
         keys = out.hidden_states[-2]
         query = out.position_embeddings + keys
-        positions = None
-        if targets is not None:
-            counts = targets.sum(1)
-            # Each row's target positions in order, padded to the longest row's count.
-            positions = torch.argsort((~targets).to(torch.int8), dim=1, stable=True)[:, :int(counts.max())]
-            query = query.gather(1, positions.unsqueeze(-1).expand(-1, -1, query.shape[-1]))
+        if positions is not None:
+            query = at_positions(query)
         rel_embeddings = encoder.relative_embeddings()
         rel_index = encoder.relative_index(keys.shape[1], keys.device)
         for _ in range(self.config.emd_layers):
             query = encoder.run_layer(encoder.layer[-1], keys, mask, rel_embeddings, rel_index, query, positions)
-        if targets is None:
-            return query
-        return query[torch.arange(query.shape[1], device=query.device) < counts.unsqueeze(1)]
+        return query
+
+
+def target_positions(labels: torch.Tensor, max_predictions: int) -> torch.Tensor:
+    """[B, M]: each row's first M target positions (labels != -100) in order; a row with
+    fewer targets is filled with non-target positions, whose labels read -100."""
+    order = torch.argsort((labels == -100).to(torch.int8), dim=1, stable=True)
+    return order[:, :max_predictions]
 
 
 class DebertaForMaskedLM(DebertaPreTrained):
     """MLM. With labels (-100 = not a target) logits are computed only at the target
     positions, [N_targets, V]: about 15 % of the 128K-way output of every token.
-    Without labels, logits for every position, [B, L, V]."""
+    Without labels, logits for every position, [B, L, V].
+
+    ``max_predictions`` M (the authors' ``max_preds_per_seq``) fixes the shape instead:
+    logits [B x M, V] at each row's first M targets, filler rows where a row has fewer
+    (their ``labels`` are -100; they cost compute, not loss). The output then has a shape
+    known before the step runs, so the host never waits for the device to count the
+    targets, and a compiled graph sees the same shapes every step. Targets beyond the
+    first M of a row are not predicted: choose M >= the most targets a row can have
+    (``pretrain.masking.Masker.max_targets``)."""
 
     head = "masked_lm"
 
@@ -633,18 +652,32 @@ class DebertaForMaskedLM(DebertaPreTrained):
         self.init_weights()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                labels=None, inputs_embeds=None) -> HeadOutput:
+                labels=None, inputs_embeds=None, max_predictions: Optional[int] = None) -> HeadOutput:
         out = self.deberta(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
         word_embeddings = self.deberta.embeddings.word_embeddings.weight
+        decode, lm_head = self.lm_predictions.decode, self.lm_predictions.lm_head
         if labels is None:
-            states = self.lm_predictions.decode(out, attention_mask, self.deberta.encoder)
-            return HeadOutput(self.lm_predictions.lm_head(states, word_embeddings),
-                              hidden_states=out.last_hidden_state)
+            states = decode(out, attention_mask, self.deberta.encoder)
+            return HeadOutput(lm_head(states, word_embeddings), hidden_states=out.last_hidden_state)
+        if max_predictions is not None:
+            positions = target_positions(labels, max_predictions)
+            row_labels = labels.gather(1, positions).flatten()
+            logits = lm_head(decode(out, attention_mask, self.deberta.encoder, positions).flatten(0, 1),
+                             word_embeddings)
+            counted = (row_labels != -100).sum()
+            loss = F.cross_entropy(logits.float(), row_labels, ignore_index=-100, reduction="sum") \
+                / counted.clamp(min=1)
+            return HeadOutput(logits, loss, out.last_hidden_state, row_labels)
+        # Exactly the targets: shapes that depend on the data, counted on the host.
         targets = labels != -100
-        states = self.lm_predictions.decode(out, attention_mask, self.deberta.encoder, targets)
-        logits = self.lm_predictions.lm_head(states, word_embeddings)
-        loss = F.cross_entropy(logits.float(), labels[targets]) if logits.shape[0] else logits.sum() * 0.0
-        return HeadOutput(logits, loss, out.last_hidden_state)
+        counts = targets.sum(1)
+        positions = target_positions(labels, int(counts.max()))
+        states = decode(out, attention_mask, self.deberta.encoder, positions)
+        states = states[torch.arange(positions.shape[1], device=states.device) < counts.unsqueeze(1)]
+        logits = lm_head(states, word_embeddings)
+        row_labels = labels[targets]
+        loss = F.cross_entropy(logits.float(), row_labels) if logits.shape[0] else logits.sum() * 0.0
+        return HeadOutput(logits, loss, out.last_hidden_state, row_labels)
 
 
 class ReplacedTokenDetectionHead(nn.Module):
@@ -684,8 +717,10 @@ class DebertaForReplacedTokenDetection(DebertaPreTrained):
             counted = labels != -100
             if attention_mask is not None:
                 counted &= attention_mask.bool()
-            loss = F.binary_cross_entropy_with_logits(logits[counted].float(), labels[counted].float()) \
-                if counted.any() else logits.sum() * 0.0
+            # A weighted mean, not a selection: the same number, with no shape that depends on the data.
+            per_token = F.binary_cross_entropy_with_logits(logits.float(), labels.clamp(min=0).float(),
+                                                           reduction="none")
+            loss = (per_token * counted).sum() / counted.sum().clamp(min=1)
         return HeadOutput(logits, loss, out.last_hidden_state)
 
 
@@ -728,10 +763,10 @@ class DebertaForSequenceClassification(DebertaPreTrained):
         if labels is not None:
             if self.config.num_labels == 1:
                 loss = F.mse_loss(logits.view(-1).float(), labels.view(-1).float())
-            else:
+            else:  # labels < 0 count for nothing; no selection, so no shape that depends on the data
                 kept = labels >= 0
-                loss = F.cross_entropy(logits[kept].float(), labels[kept].long()) if kept.any() \
-                    else logits.sum() * 0.0
+                loss = F.cross_entropy(logits.float(), torch.where(kept, labels.long(), -100), ignore_index=-100,
+                                       reduction="sum") / kept.sum().clamp(min=1)
         return HeadOutput(logits, loss, out.last_hidden_state)
 
 

@@ -45,6 +45,10 @@ class MaskingConfig:
     whole_word: Union[bool, str] = option("auto", "auto|true|false: mask whole words (true), single tokens "
                                                   "(false), or whole words only when max_ngram > 1 (auto, "
                                                   "the official masker)")
+    max_preds_per_seq: int = option(0, "MLM outputs per sequence, a fixed number so that every step has the same "
+                                       "shapes (the authors' max_preds_per_seq); 0: the most targets the masker "
+                                       "picks in a sequence, round(mask_prob x seq_len); -1: exactly the targets "
+                                       "(shapes that change every step, counted on the host)")
 
     def __post_init__(self):
         if not 0.0 < self.mask_prob < 1.0:
@@ -55,6 +59,9 @@ class MaskingConfig:
                              f"{self.replace_with_random} must be >= 0 and sum to at most 1")
         if self.max_ngram < 1:
             raise ValueError(f"max_ngram={self.max_ngram} must be >= 1")
+        if self.max_preds_per_seq < -1:
+            raise ValueError(f"max_preds_per_seq={self.max_preds_per_seq} must be >= 1, or 0 (from mask_prob and "
+                             f"the sequence length) or -1 (exactly the targets)")
         word = {"true": "true", "yes": "true", "on": "true", "false": "false", "no": "false", "off": "false",
                 "auto": "auto"}.get(str(self.whole_word).lower())
         if word is None:
@@ -65,6 +72,23 @@ class MaskingConfig:
     def groups_words(self) -> bool:
         """Whether units are whole words (else single tokens)."""
         return self.whole_word == "true" or (self.whole_word == "auto" and self.max_ngram > 1)
+
+    def max_targets(self, seq_len: int) -> int:
+        """The most targets ``Masker`` picks in a sequence of ``seq_len`` tokens: its budget,
+        round(mask_prob x maskable tokens), grows with the maskable tokens, of which there
+        are at most ``seq_len``, and the chosen spans never exceed it."""
+        return max(1, int(round(seq_len * self.mask_prob)))
+
+    def max_predictions(self, seq_len: int) -> int | None:
+        """The fixed number of MLM outputs per sequence (None: exactly the targets)."""
+        if self.max_preds_per_seq == -1:
+            return None
+        bound = self.max_targets(seq_len)
+        if 0 < self.max_preds_per_seq < bound:
+            raise ValueError(f"max_preds_per_seq={self.max_preds_per_seq} is below the {bound} targets a "
+                             f"{seq_len}-token sequence can have at mask_prob={self.mask_prob}: some targets would "
+                             f"not be predicted; set it to {bound} or more, or 0 for exactly {bound}")
+        return self.max_preds_per_seq or bound
 
 
 class Masker:

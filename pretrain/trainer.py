@@ -80,6 +80,8 @@ class Trainer:
         # --init_model / --init_generator: released weights, read only when the run starts.
         self.objective = build_objective(config, self.model_config, self.tokenizer, tokenizer_path,
                                          self.output_dir / "checkpoints", self.out.print)
+        # A fixed number of MLM outputs per sequence: the same shapes every step.
+        self.objective.max_predictions = config.masking.max_predictions(self.seq_len)
         if run.activation_checkpointing:
             for module in self.objective.modules():
                 if hasattr(module, "gradient_checkpointing_enable"):
@@ -93,7 +95,7 @@ class Trainer:
         self.engines = {name: build_engine(module, self.ds_config,
                                            dataclasses.replace(config.optimizer,
                                                                **self.objective.optimizer_overrides(name)),
-                                           run.max_steps)
+                                           run.max_steps, config.engine)
                         for name, module in self.objective.engine_modules().items()}
         torch.manual_seed(run.seed * 1000 + self.rank + 1)  # dropout and sampling differ across ranks
 
@@ -231,7 +233,7 @@ class Trainer:
             self.out.print(f"step {self.step}: fp16 overflow, update skipped, loss scale now {scales} "
                            f"({self.skipped} skipped so far)")
         figures = self.objective.summarize(reduced, training=True)
-        lrs = {k: v for k, v in self.engine_figures().items() if k.endswith("lr")}
+        lrs = {f"{name}_lr" if name else "lr": engine.get_lr()[0] for name, engine in self.engines.items()}
         self.out.jsonl("metrics.jsonl", {"step": self.step, **figures, **lrs, "samples": self.consumed,
                                          "skipped": bool(overflowed)})
         return figures, stop_requested(reduced)
@@ -255,14 +257,16 @@ class Trainer:
 
     def engine_figures(self) -> dict:
         """Learning rate, gradient norm (after the last update; None where DeepSpeed does not
-        compute one) and fp16 loss scale of each engine, named after it when there are several."""
-        figures = {}
+        compute one) and fp16 loss scale of each engine, named after it when there are several.
+        The norms may still be on the device: they come to the host together, in one copy,
+        and only for the progress line."""
+        figures, norms = {}, {}
         for name, engine in self.engines.items():
             prefix = f"{name}_" if name else ""
-            norm = engine.get_global_grad_norm()
             figures[prefix + "lr"] = engine.get_lr()[0]
-            figures[prefix + "grad_norm"] = float(norm) if norm is not None else None
+            norms[prefix + "grad_norm"] = engine.get_global_grad_norm()
             figures[prefix + "loss_scale"] = loss_scale(engine)
+        figures.update(host_values(norms))
         return figures
 
     def log_progress(self, figures: dict, throughput: Throughput, remaining_s: float) -> None:
@@ -307,6 +311,14 @@ class Trainer:
                        " | ".join(f"{k} {v:.4f}" for k, v in result.items() if k != "step"))
         self.last_eval = result
         return result
+
+
+def host_values(values: dict) -> dict:
+    """Scalars that may be device tensors (or None, or numbers) as floats, in one copy."""
+    on_device = {k: v for k, v in values.items() if isinstance(v, torch.Tensor)}
+    copied = dict(zip(on_device, torch.stack([v.detach().double().reshape(()) for v in on_device.values()]).tolist())) \
+        if on_device else {}
+    return {k: copied[k] if k in copied else (None if v is None else float(v)) for k, v in values.items()}
 
 
 def main(argv=None) -> None:

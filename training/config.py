@@ -11,6 +11,7 @@ from typing import Optional
 from deberta.cli import option
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass
@@ -65,10 +66,19 @@ class EngineConfig:
     precision: str = option("auto", "auto|fp32|bf16|fp16; auto: the DeepSpeed JSON's, else bf16 on GPUs that "
                                     "have it, fp16 on older GPUs, fp32 on CPU")
     zero_stage: int = option(-1, "ZeRO stage 0-3 (-1: the DeepSpeed JSON's, else 0)")
+    compile: bool = option(False, "torch.compile every encoder layer (one graph for all, none of them broken); "
+                                  "embeddings, heads and losses stay eager (docs/pretraining.md#compiled-steps)")
+    compile_backend: str = option("inductor", "torch.compile backend: inductor (generated kernels), or e.g. "
+                                              "aot_eager (the same graphs run by PyTorch's own kernels, for checks)")
+    compile_mode: str = option("default", f"torch.compile mode: {'|'.join(COMPILE_MODES)}")
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision={self.precision!r}; allowed: {PRECISIONS}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode={self.compile_mode!r}; allowed: {COMPILE_MODES}")
+        if not self.compile_backend:
+            raise ValueError("compile_backend is empty; give a torch.compile backend such as inductor")
         if self.zero_stage not in (-1, 0, 1, 2, 3):
             raise ValueError(f"zero_stage={self.zero_stage}; allowed: 0, 1, 2, 3 (or -1: from the DeepSpeed config)")
         for name in ("global_batch_size", "micro_batch_size", "grad_accum"):

@@ -1,23 +1,30 @@
 """The DeepSpeed engine for a module: every training run goes through it, one device included.
 
     ds = resolve_ds_config(engine_config, optimizer_config, world)
-    engine = build_engine(module, ds, optimizer_config, total_steps)
+    engine = build_engine(module, ds, optimizer_config, total_steps, engine_config)   # --compile from it
     loss = engine(**batch); engine.backward(loss); engine.step()   # updates at the accumulation boundary
 """
 from __future__ import annotations
 
 import contextlib
+from typing import Optional
 
 import deepspeed
 import torch
 
-from .config import OptimizerConfig
+from .compile import compile_encoder_layers
+from .config import EngineConfig, OptimizerConfig
 from .distributed import on_gpu
-from .ds_config import offloads_optimizer
+from .ds_config import offloads_optimizer, zero_stage
 from .optim import AdamW, build_optimizer, build_schedule
 
 
-def build_engine(module: torch.nn.Module, ds: dict, optimizer: OptimizerConfig, total_steps: int):
+def build_engine(module: torch.nn.Module, ds: dict, optimizer: OptimizerConfig, total_steps: int,
+                 engine_config: Optional[EngineConfig] = None):
+    """``engine_config.compile``: the module's encoder layers compiled (``training.compile``)."""
+    if engine_config is not None and engine_config.compile:
+        compile_encoder_layers(module, engine_config.compile_backend, engine_config.compile_mode,
+                               zero3=zero_stage(ds) == 3)
     torch_optimizer = build_optimizer(module, optimizer, offloads_optimizer(ds), on_gpu())
     if isinstance(torch_optimizer, AdamW):  # ours (no bias correction): elementwise, so ZeRO may partition it
         ds = {**ds, "zero_allow_untested_optimizer": True}

@@ -33,33 +33,51 @@ class BadInput(UserError):
 
 
 class StepTotals:
-    """Sums of named metric tensors over the micro-batches of one step, kept on the device."""
+    """Sums of named metric tensors over the micro-batches of one step, kept on the device;
+    Python numbers (counts, seconds, flags) are summed on the host. Neither waits: a number
+    made into a device tensor would be a copy that the host waits for, every micro-batch."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self.sums: dict[str, torch.Tensor] = {}
+        self.numbers: dict[str, float] = {}
 
     def add(self, values: Mapping[str, Number]) -> None:
         for name, value in values.items():
-            value = torch.as_tensor(value).detach().to(self.device, torch.float64).reshape(-1)
+            if not isinstance(value, torch.Tensor):  # a Python or NumPy number
+                self.numbers[name] = self.numbers.get(name, 0.0) + float(value)
+                continue
+            value = value.detach().to(self.device, torch.float64).reshape(-1)
             self.sums[name] = self.sums[name] + value if name in self.sums else value
 
     def add_loss(self, loss: torch.Tensor) -> None:
         """Count a non-finite loss without waiting for the device."""
         self.add({NONFINITE: (~torch.isfinite(loss.detach())).any()})
 
-    def reduce(self, stop_requested: bool = False) -> dict[str, torch.Tensor]:
-        """Sum over ranks (one collective, one copy to the host); scalars come back as 0-d tensors."""
+    def reduce(self, stop_requested: bool = False) -> dict[str, Union[float, torch.Tensor]]:
+        """Sum over ranks (one collective, one copy to the host): scalars come back as floats,
+        vectors as host tensors."""
         self.add({STOP: float(stop_requested), NONFINITE: 0.0})
-        names = sorted(self.sums)
-        sizes = [self.sums[name].numel() for name in names]
-        packed = torch.cat([self.sums[name] for name in names])
+        tensor_names, number_names = sorted(self.sums), sorted(self.numbers)
+        sizes = [self.sums[name].numel() for name in tensor_names]
+        numbers = torch.tensor([self.numbers[name] for name in number_names], dtype=torch.float64)
+        if self.device.type == "cuda":
+            numbers = numbers.pin_memory()  # so that the copy below does not wait either
+        packed = torch.cat([*(self.sums[name] for name in tensor_names),
+                            numbers.to(self.device, non_blocking=True)])
         if dist.is_initialized():
             dist.all_reduce(packed)
-        host = packed.cpu()
-        self.sums = {}
-        return {name: part.reshape(()) if part.numel() == 1 else part
-                for name, part in zip(names, host.split(sizes))}
+        host = packed.tolist()  # the one place the host waits for the device
+        self.sums, self.numbers = {}, {}
+        totals: dict[str, Union[float, torch.Tensor]] = {}
+        offset = 0
+        for name, size in zip(tensor_names, sizes):
+            part = host[offset:offset + size]
+            totals[name] = part[0] if size == 1 else torch.tensor(part, dtype=torch.float64)
+            offset += size
+        for name, value in zip(number_names, host[offset:]):
+            totals[name] = totals[name] + value if name in totals else value
+        return totals
 
 
 class StepAgreement:

@@ -17,7 +17,10 @@ An objective is a ``torch.nn.Module`` subclass of ``Objective`` that
   - returns metric tensors that add up over micro-batches and ranks (sums and counts,
     histograms) and turns their totals into reported figures (``summarize``), for a
     training step and for a whole evaluation alike;
-  - counts its training FLOPs per token and exports its model folders (``export_models``).
+  - counts its training FLOPs per token and exports its model folders (``export_models``);
+  - computes MLM outputs at ``max_predictions`` positions per sequence (a fixed number the
+    trainer sets from the masking config, so that a step's shapes never depend on the
+    data; None: exactly the targets).
 
 ``--objective mlm|rtd`` names a built-in one; ``--objective package.module:Class`` loads
 any other importable class.
@@ -26,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import ClassVar, Mapping, Sequence
+from typing import ClassVar, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -47,6 +50,7 @@ class NoOptions:
 class Objective(nn.Module):
     Options: ClassVar[type] = NoOptions
     masking_defaults: ClassVar[dict] = {}  # e.g. {"replace_with_mask": 1.0}: MaskingConfig fields
+    max_predictions: Optional[int] = None  # MLM outputs per sequence (MaskingConfig.max_predictions)
 
     @classmethod
     def resolve_model_config(cls, options, model_config: DebertaConfig, given: frozenset, log) -> DebertaConfig:

@@ -47,12 +47,14 @@ def with_position_decoder(config: DebertaConfig, given: frozenset, log, model: s
     return config.replace(emd_layers=EMD_LAYERS)
 
 
-def mlm_metrics(logits: torch.Tensor, loss: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Sums at the targets: the loss weighted by their count, correct predictions, the count."""
-    targets = labels[labels != -100]
-    count = (labels != -100).sum()
-    return {"mlm_loss_sum": loss.detach().double() * count, "mlm_count": count,
-            "mlm_correct": (logits.detach().argmax(-1) == targets).sum()}
+def mlm_metrics(output) -> dict[str, torch.Tensor]:
+    """Sums at the targets of a ``DebertaForMaskedLM`` output (its logits rows and their
+    labels, -100 on filler rows): the loss weighted by their count, correct predictions,
+    the count. Masks, not selections: nothing here waits for the device."""
+    counted = output.labels != -100
+    count = counted.sum()
+    return {"mlm_loss_sum": output.loss.detach().double() * count, "mlm_count": count,
+            "mlm_correct": ((output.logits.detach().argmax(-1) == output.labels) & counted).sum()}
 
 
 def mlm_figures(totals) -> dict[str, float]:
@@ -76,8 +78,8 @@ class MaskedLanguageModeling(Objective):
         return mlm_from_pretrained(cls, options, model_config, init_model, init_generator, weights, log)
 
     def forward(self, input_ids, attention_mask, labels, original_ids=None):
-        out = self.model(input_ids, attention_mask, labels=labels)
-        return out.loss, mlm_metrics(out.logits, out.loss, labels)
+        out = self.model(input_ids, attention_mask, labels=labels, max_predictions=self.max_predictions)
+        return out.loss, mlm_metrics(out)
 
     def summarize(self, totals, training):
         figures = mlm_figures(totals)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deberta import DebertaConfig, DebertaForMaskedLM, DebertaForReplacedTokenDetection
+from deberta.model import target_positions
 from deberta.cli import option
 
 from ..metrics import AUC_BINS, auc_from_histograms, forward_flops_per_token
@@ -155,7 +156,7 @@ class ReplacedTokenDetection(Objective):
                                                             original_ids)
         judged, metrics = self.judge(self.discriminator, replaced_ids, attention_mask, rtd_labels)
         loss = generated.loss + self.options.rtd_lambda * judged.loss
-        return loss, {**mlm_metrics(generated.logits, generated.loss, labels), **metrics}
+        return loss, {**mlm_metrics(generated), **metrics}
 
     # --- decoupled: one engine each, the generator updated first ---------------------------
     def engine_modules(self):
@@ -182,7 +183,7 @@ class ReplacedTokenDetection(Objective):
                                                                 batch["labels"], batch["original_ids"])
             generator.backward(generated.loss)
             agreement.record({"loss": generated.loss.detach(),
-                              **mlm_metrics(generated.logits, generated.loss, batch["labels"])})
+                              **mlm_metrics(generated)})
             judged_inputs.append((replaced_ids, rtd_labels))
             if index == len(micro_batches) - 1:
                 agreement.agree()
@@ -203,18 +204,23 @@ class ReplacedTokenDetection(Objective):
                                                             batch["attention_mask"], batch["labels"],
                                                             batch["original_ids"])
         _, metrics = self.judge(engines["discriminator"], replaced_ids, batch["attention_mask"], rtd_labels)
-        return {**mlm_metrics(generated.logits, generated.loss, batch["labels"]), **metrics}
+        return {**mlm_metrics(generated), **metrics}
 
     # --- the two halves, through modules or their engines ----------------------------------
     def generate(self, generator, input_ids, attention_mask, labels, original_ids):
         """(generator output, the sequence with the sampled replacements, replaced-or-not labels)."""
-        generated = generator(input_ids, attention_mask, labels=labels)
-        targets = labels != -100
+        generated = generator(input_ids, attention_mask, labels=labels, max_predictions=self.max_predictions)
         with torch.no_grad():
             probs = F.softmax(generated.logits.float() / self.options.sampling_temperature, dim=-1)
-            sampled = torch.multinomial(probs, 1).squeeze(-1) if probs.shape[0] else labels[targets]
-            replaced_ids = original_ids.clone()
-            replaced_ids[targets] = sampled
+            sampled = torch.multinomial(probs, 1).squeeze(-1) if probs.shape[0] else generated.labels
+            if self.max_predictions is None:
+                replaced_ids = original_ids.clone()
+                replaced_ids[labels != -100] = sampled
+            else:  # rows in a fixed layout: filler rows write the original token back
+                positions = target_positions(labels, self.max_predictions)
+                kept = generated.labels.view_as(positions) != -100
+                sampled = torch.where(kept, sampled.view_as(positions), original_ids.gather(1, positions))
+                replaced_ids = original_ids.scatter(1, positions, sampled)
             rtd_labels = (replaced_ids != original_ids).long()
         return generated, replaced_ids, rtd_labels
 
@@ -225,8 +231,8 @@ class ReplacedTokenDetection(Objective):
         real = attention_mask.bool()
         count = real.sum()
         metrics = {"rtd_loss_sum": judged.loss.detach().double() * count, "rtd_count": count,
-                   "rtd_correct": ((judged.logits.detach() > 0) == rtd_labels.bool())[real].sum(),
-                   "replaced": rtd_labels[real].sum()}
+                   "rtd_correct": (((judged.logits.detach() > 0) == rtd_labels.bool()) & real).sum(),
+                   "replaced": (rtd_labels.bool() & real).sum()}
         if not self.discriminator.training:
             scores = torch.sigmoid(judged.logits.detach().float())[real].double()
             replaced = rtd_labels[real].bool()
