@@ -326,6 +326,11 @@ def _catalogue() -> dict[str, Recipe]:
             recipes.setdefault(f"{task}/{size_class}", _script_recipe(task, size_class, "base"))
     for task, recipe in _small_model_recipes().items():
         recipes[f"{task}/{SMALL_MODEL}"] = recipe
+    # SuperGLUE, XNLI and ANLI: COPA's and ReCoRD's scripts, the others a GLUE task's recipes (marked ours).
+    from .tasks.superglue_recipes import benchmark_recipes
+    runner_defaults = {**_OFFICIAL_CODE_DEFAULTS, "sift": _SIFT_OFF}
+    for name, fields in benchmark_recipes(dict(recipes), size_classes, runner_defaults).items():
+        recipes[name] = Recipe(**fields)
     return recipes
 
 
