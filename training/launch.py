@@ -79,7 +79,8 @@ def remove_shm_buffers(port: str) -> None:
 
 
 def run(args: list[str], port: str) -> int:
-    """``deepspeed --master_port PORT ARGS``'s exit code (ARGS without a port); SIGTERM/SIGINT go to the ranks meanwhile."""
+    """``deepspeed --master_port PORT ARGS``'s exit code (ARGS without a port); SIGTERM and
+    SIGINT go to the ranks meanwhile."""
     launcher = subprocess.Popen([sys.executable, "-m", "deepspeed.launcher.runner", "--master_port", port, *args])
 
     def stop_ranks(signum, frame):

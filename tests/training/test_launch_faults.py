@@ -1,0 +1,229 @@
+"""Faults of shared machines and launchers, for real: tiny pretraining runs on 2 CPU ranks
+under the `deepspeed` launcher (or `deberta-launch` around it), a port that another
+process holds, a launcher killed with SIGKILL, a rank killed or frozen mid-run.
+
+The quick tests check the pieces without processes of their own: the launcher-chain
+lookup, the port flags of `deberta-launch` and the messages.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pretrain"))  # the pretrain tests' helpers
+from pretrain_helpers import (REPO, cpu_env, deepspeed_command, explain, plain_deepspeed_command,  # noqa: E402
+                              read_jsonl, train_args)
+
+from training import distributed  # noqa: E402
+from training.launch import split_port  # noqa: E402
+
+
+# --- quick: the pieces ------------------------------------------------------------------------
+def test_launch_takes_the_port_from_its_own_flags_only(monkeypatch):
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    assert split_port(["--num_gpus", "2", "--master_port", "123", "main.py", "--master_port", "9"]) == \
+        ("123", ["--num_gpus", "2", "main.py", "--master_port", "9"])
+    assert split_port(["--master_port=77", "main.py", "--lr", "1"]) == ("77", ["main.py", "--lr", "1"])
+    assert split_port(["--num_gpus", "2", "main.py"]) == (None, ["--num_gpus", "2", "main.py"])
+    monkeypatch.setenv("MASTER_PORT", "4242")
+    assert split_port(["main.py"]) == ("4242", ["main.py"])
+
+
+def test_launcher_chain_of_a_real_process_tree(tmp_path):
+    """A process started by a script named `deepspeed` (a launcher by its name) under a shell
+    (not one): the chain holds the launcher and stops at the shell."""
+    fake_launcher = tmp_path / "deepspeed"
+    fake_launcher.write_text("import subprocess, sys\nsubprocess.run([sys.executable, '-c', "
+                             "'import time; time.sleep(30)'])\n")
+    shell = subprocess.Popen(["bash", "-c", f"{sys.executable} {fake_launcher}; true"])
+    try:
+        child = None
+        deadline = time.time() + 20
+        while child is None and time.time() < deadline:
+            sleepers = [p for p in psutil.Process(shell.pid).children(recursive=True) if "time.sleep" in
+                        " ".join(p.cmdline())]
+            child = sleepers[0] if sleepers else time.sleep(0.1)
+        assert child is not None
+        chain = distributed.launcher_ancestors(child.pid)
+        assert [name for _, _, name in chain] == ["deepspeed"]
+        assert chain[0][0] == child.ppid() != shell.pid
+    finally:
+        for process in psutil.Process(shell.pid).children(recursive=True):
+            process.kill()
+        shell.kill()
+        shell.wait()
+
+
+def test_collective_timeout_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "45")
+    assert distributed.collective_timeout() == datetime.timedelta(seconds=45)
+    monkeypatch.delenv(distributed.TIMEOUT_ENV)
+    assert distributed.collective_timeout().total_seconds() == distributed.DEFAULT_TIMEOUT_S
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "soon")
+    with pytest.raises(SystemExit, match="DEBERTA_COLLECTIVE_TIMEOUT='soon': expected a number of seconds"):
+        distributed.collective_timeout()
+
+
+# --- slow: real launchers and ranks ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    corpus = REPO.parent / "shared" / "data" / "corpus" / "inaugural.txt"
+    if not corpus.is_file():
+        pytest.skip(f"shared corpus not found at {corpus}")
+    output = tmp_path_factory.mktemp("launch_faults") / "data"
+    result = subprocess.run([sys.executable, "-m", "data_prep", "shard", "--input", str(corpus), "--tokenizer",
+                             str(REPO / "tests" / "assets" / "spm.model"), "--output", str(output), "--seq_len", "64",
+                             "--valid_fraction", "0.05"], cwd=REPO, env=cpu_env(), capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, explain(result)
+    return output
+
+
+class HeldPort:
+    """A port that another process listens on, as another job's rendezvous would."""
+
+    def __enter__(self) -> int:
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.listen()
+        return self.socket.getsockname()[1]
+
+    def __exit__(self, *exc):
+        self.socket.close()
+
+
+def start(command: list[str], **env) -> subprocess.Popen:
+    return subprocess.Popen(command, cwd=REPO, env=cpu_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def wait_for_steps(launcher: subprocess.Popen, output_dir: Path, steps: int, timeout: float = 240) -> None:
+    metrics = output_dir / "metrics.jsonl"
+    deadline = time.time() + timeout
+    while not metrics.is_file() or len(read_jsonl(metrics)) < steps:
+        assert launcher.poll() is None, launcher.stdout.read()[-5000:]
+        assert time.time() < deadline, f"no step {steps} within {timeout} s"
+        time.sleep(0.3)
+
+
+def rank_process(launcher: subprocess.Popen, local_rank: int) -> psutil.Process:
+    for process in psutil.Process(launcher.pid).children(recursive=True):
+        if f"--local_rank={local_rank}" in process.cmdline() and \
+                "deepspeed.launcher.launch" in process.parent().cmdline():
+            return process
+    raise AssertionError(f"rank {local_rank} not found below pid {launcher.pid}")
+
+
+def our_shm(port: int) -> list[Path]:
+    return list(Path("/dev/shm").glob(f"{distributed.SHM_BUFFER}_{os.getuid()}_*_{port}_*"))
+
+
+@pytest.mark.slow
+def test_port_clash_is_one_line_and_deberta_launch_starts_again_elsewhere(shards, tmp_path):
+    with HeldPort() as port:
+        plain = subprocess.run(plain_deepspeed_command(train_args(shards, tmp_path / "plain", max_steps=2), port=port),
+                               cwd=REPO, env=cpu_env(), capture_output=True, text=True, timeout=240)
+        assert plain.returncode == distributed.PORT_IN_USE_EXIT, explain(plain)
+        assert f"error: rank 0: the rendezvous port 127.0.0.1:{port} is in use" in plain.stderr, explain(plain)
+        assert "Traceback" not in plain.stderr + plain.stdout
+
+        # deberta-launch's first choice is the held port (as if another job took it between the
+        # choice and the bind): the ranks exit 98 and it starts again on a free port.
+        choose_held_first = (f"import sys, training.launch as launch, training.distributed as d; "
+                             f"ports = iter([{port}]); launch.free_port = lambda: next(ports, None) or d.free_port(); "
+                             f"sys.exit(launch.main(sys.argv[1:]))")
+        output_dir = tmp_path / "retried"
+        retried = subprocess.run([sys.executable, "-c", choose_held_first, "--num_gpus", "2", "pretrain/main.py",
+                                  *train_args(shards, output_dir, max_steps=3)],
+                                 cwd=REPO, env=cpu_env(), capture_output=True, text=True, timeout=300)
+    assert retried.returncode == 0, explain(retried)
+    assert f"rendezvous port 127.0.0.1:{port} is in use" in retried.stderr
+    assert "starting again on port" in retried.stderr and "(attempt 2 of 5)" in retried.stderr
+    assert json.loads((output_dir / "summary.json").read_text())["status"] == "completed"
+    assert not our_shm(port)
+
+
+@pytest.mark.slow
+def test_killed_launcher_stops_its_whole_tree_and_the_same_command_resumes(shards, tmp_path):
+    args = train_args(shards, tmp_path, max_steps=10, save_interval=3, log_interval=1)
+    launcher = start(plain_deepspeed_command(args))
+    try:
+        wait_for_steps(launcher, tmp_path, 4)
+        tree = psutil.Process(launcher.pid).children(recursive=True)  # with the ranks' data loader workers
+        assert rank_process(launcher, 0) in tree and rank_process(launcher, 1) in tree
+        launcher.kill()  # SIGKILL: DeepSpeed's child launcher and the ranks are left to themselves
+        killed = time.time()
+        gone, alive = psutil.wait_procs(tree, timeout=15)
+        assert not alive, f"still running {time.time() - killed:.0f} s after the launcher died: {alive}"
+        output = launcher.stdout.read()
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert "its launcher (deepspeed, pid" in output and "is gone; stopping" in output, output[-3000:]
+    assert (tmp_path / "checkpoints" / "latest").is_file()
+
+    rerun = subprocess.run(plain_deepspeed_command(args), cwd=REPO, env=cpu_env(), capture_output=True, text=True,
+                           timeout=300)
+    assert rerun.returncode == 0, explain(rerun)
+    assert "resumed from" in rerun.stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["step"] == 10
+
+
+def run_until_a_rank_fails(shards, output_dir: Path, fault, **env) -> tuple[int, str, float]:
+    """Start a long run, apply ``fault`` to rank 1 after 3 steps; (exit code, output, seconds
+    from the fault to the end of the whole tree)."""
+    launcher = start(deepspeed_command(train_args(shards, output_dir, max_steps=100_000, log_interval=1)), **env)
+    try:
+        wait_for_steps(launcher, output_dir, 3)
+        rank = rank_process(launcher, 1)
+        fault(rank)
+        faulted = time.time()
+        output, _ = launcher.communicate(timeout=180)
+        return launcher.returncode, output, time.time() - faulted
+    finally:
+        if launcher.poll() is None:
+            for process in psutil.Process(launcher.pid).children(recursive=True):
+                process.kill()
+            launcher.kill()
+
+
+@pytest.mark.slow
+def test_a_rank_killed_mid_run_is_named_by_the_survivor(shards, tmp_path):
+    code, output, _ = run_until_a_rank_fails(shards, tmp_path, lambda rank: rank.send_signal(signal.SIGKILL))
+    assert code != 0
+    assert "error: rank 0: " in output and "lost a peer" in output, output[-5000:]
+    assert "rank(s) 1 stopped answering" in output, output[-5000:]
+    assert "Traceback" not in output
+
+
+@pytest.mark.slow
+def test_a_frozen_rank_times_the_collective_out_and_is_named(shards, tmp_path):
+    """SIGSTOP freezes rank 1 (its heartbeat too): rank 0's collective times out after
+    DEBERTA_COLLECTIVE_TIMEOUT seconds instead of waiting forever, and names rank 1."""
+    frozen = []
+
+    def freeze(rank):
+        rank.send_signal(signal.SIGSTOP)
+        frozen.append(rank)
+
+    try:
+        code, output, seconds = run_until_a_rank_fails(shards, tmp_path, freeze, DEBERTA_COLLECTIVE_TIMEOUT="30")
+    finally:
+        for rank in frozen:  # the launcher's SIGTERM waits for a stopped process: end it here
+            if rank.is_running():
+                rank.kill()
+    assert code != 0
+    assert "timed out after 30 s (DEBERTA_COLLECTIVE_TIMEOUT)" in output, output[-5000:]
+    assert "rank(s) 1 stopped answering" in output, output[-5000:]
+    assert seconds < 120
