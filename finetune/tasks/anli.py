@@ -21,6 +21,7 @@ from deberta.atomic import atomic_write
 from .. import metrics as M
 from ..data import DataError, Split, TruncationCounter, read_table
 from .base import Task, register
+from .superglue import pair_features
 
 ROUNDS = ("R1", "R2", "R3")
 LABELS = ("e", "n", "c")  # entailment, neutral, contradiction, as the files spell them
@@ -95,7 +96,7 @@ class AnliTask(Task):
                 context = self.tokenizer.encode(str(row.get(file, "context")))
                 hypothesis = self.tokenizer.encode(str(row.get(file, "hypothesis")))
                 counter.add(len(context) + len(hypothesis) + 3)
-                feature = self.tokenizer.build_inputs(context, hypothesis, self.config.max_seq_length)
+                feature = pair_features(self, context, hypothesis, file, row.line)
                 label = None
                 if labelled:
                     value = str(row.get(file, "label")).strip()

@@ -40,7 +40,7 @@ import numpy as np
 from deberta.atomic import atomic_write
 
 from .. import metrics as M
-from ..data import DataError, Row, Split, TruncationCounter, read_table
+from ..data import DataError, Row, Split, TruncationCounter, read_table, truncate_official, truncation_rng
 from .base import Task, register
 from .superglue_metrics import gender_parity
 
@@ -50,6 +50,18 @@ def require(path: Path, line: int, obj: Any, key: str, where: str = "") -> Any:
     if not isinstance(obj, dict) or obj.get(key) is None:
         raise DataError(f"{path}, line {line}: no field {where + key!r}")
     return obj[key]
+
+
+def pair_features(task: Task, first: list[int], second: Optional[list[int]], path: Path, line: int) -> dict:
+    """``[CLS] first [SEP] second [SEP]``; an input over --max_seq_length is cut as
+    --pair_truncation says (``official``: tokens from either end of the longest segment,
+    drawn per file and line, as the GLUE tasks do). The lists may be shortened in place."""
+    config = task.config
+    if config.pair_truncation == "official":
+        special = 2 if second is None else 3
+        truncate_official([s for s in (first, second) if s is not None], config.max_seq_length - special,
+                          truncation_rng(config.seed, path, line))
+    return task.tokenizer.build_inputs(first, second, config.max_seq_length)
 
 
 def _label_key(value):
@@ -140,7 +152,7 @@ class SentencePairTask(SuperGlueTask):
             first_ids = self.tokenizer.encode(first)
             second_ids = self.tokenizer.encode(second) if second is not None else None
             counter.add(len(first_ids) + (len(second_ids) + 3 if second_ids is not None else 2))
-            feature = self.tokenizer.build_inputs(first_ids, second_ids, self.config.max_seq_length)
+            feature = pair_features(self, first_ids, second_ids, path, row.line)
             label = self._label(path, row, labelled)
             if labelled:
                 feature["labels"] = label
@@ -356,9 +368,9 @@ class CopaTask(SuperGlueTask):
             choices = []
             for key in ("choice1", "choice2"):
                 choice = self.tokenizer.encode(str(row.get(path, key)))
-                pair = (choice, premise) if question == "cause" else (premise, choice)
+                pair = (choice, list(premise)) if question == "cause" else (list(premise), choice)
                 counter.add(len(premise) + len(choice) + 3)
-                choices.append(self.tokenizer.build_inputs(*pair, self.config.max_seq_length))
+                choices.append(pair_features(self, *pair, path, row.line))
             feature = {key: [c[key] for c in choices] for key in choices[0]}
             label = self._label(path, row, labelled)
             if labelled:

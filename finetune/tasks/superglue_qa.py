@@ -31,7 +31,11 @@ PLACEHOLDER = "@placeholder"
 
 
 class CandidateTask(SuperGlueTask):
-    """A binary classifier over (context, candidate) pairs; examples group the candidates."""
+    """A binary classifier over (context, candidate) pairs; examples group the candidates.
+
+    A pair over --max_seq_length always loses the end of its context (not as
+    --pair_truncation official, which would cut each candidate's copy differently): every
+    candidate of a question is scored against the same passage."""
 
     head = "sequence_classification"
 

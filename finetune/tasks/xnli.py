@@ -26,6 +26,7 @@ from .. import metrics as M
 from ..data import DataError, Split, TruncationCounter, read_table, require_columns, write_tsv
 from .base import register
 from .classification import GLUE, TableClassificationTask
+from .superglue import pair_features
 
 @dataclass
 class Pair:
@@ -87,7 +88,7 @@ class XnliTask(TableClassificationTask):
             for number, row in enumerate(rows):
                 first, second = (self.tokenizer.encode(str(row.get(file, c))) for c in self.spec.text_columns)
                 counter.add(len(first) + len(second) + 3)
-                feature = self.tokenizer.build_inputs(first, second, self.config.max_seq_length)
+                feature = pair_features(self, first, second, file, row.line)
                 label = self._label(file, row) if labelled else None
                 if labelled:
                     feature["labels"] = label

@@ -235,7 +235,7 @@ def test_gender_parity_by_hand():
 # --- scoring grouped candidates, with outputs we choose ---------------------------------------
 def make_task(task, data_dir, **fields):
     config = FinetuneConfig.create(task=task, data_dir=str(data_dir), model="unused", output_dir="unused",
-                                   max_seq_length=64, **fields).run
+                                   **{"max_seq_length": 64, **fields}).run
     return build_task(config, load_tokenizer(SPM_MODEL))
 
 
@@ -381,3 +381,18 @@ def test_recipes_official_where_a_script_exists_ours_elsewhere():
                  "anli", "anli-r1", "anli-r2", "anli-r3"):
         assert f"{task}/deberta-v3-large" in CATALOGUE and f"{task}/base" in CATALOGUE, task
     assert choose("auto", "copa", None)[0] is None  # picking still needs a model (tested in test_recipes.py)
+
+
+@pytest.mark.parametrize("rule", ["longest_first", "official"])
+def test_pair_truncation_follows_the_flag(tmp_path, rule):
+    """Over --max_seq_length a pair loses tokens of its longest text: the end (longest
+    first), or either end at random (official, as the GLUE tasks)."""
+    passage = " ".join(f"w{i}" for i in range(40))
+    write_jsonl(tmp_path / "val.jsonl", [{"passage": passage, "question": "is it", "idx": 0, "label": True}])
+    task = make_task("boolq", tmp_path, pair_truncation=rule, max_seq_length=16)
+    ids = task.load("dev", tmp_path / "val.jsonl", labelled=True).features[0]["input_ids"]
+    full, question = task.tokenizer.encode(passage), task.tokenizer.encode("is it")
+    kept = ids[1:len(ids) - len(question) - 2]
+    assert len(ids) == 16 and ids[-len(question) - 1:-1] == question
+    start = next(i for i in range(len(full)) if full[i:i + len(kept)] == kept)  # a stretch of the passage
+    assert (start == 0) == (rule == "longest_first")
