@@ -35,8 +35,9 @@ DEFAULT_MICRO_BATCH = 32  # taken when neither the flags nor the DeepSpeed JSON 
 @dataclass
 class TaskConfig:
     """What to train on what, for how long, and what to write."""
-    task: str = required("task name: GLUE (cola, sst-2, mrpc, sts-b, qqp, mnli, qnli, rte, wnli), squad, squad2, "
-                         "race, ner, custom")
+    task: str = required("task name: GLUE (cola, sst-2, mrpc, sts-b, qqp, mnli, qnli, rte, wnli), SuperGLUE "
+                         "(boolq, cb, copa, multirc, record, superglue-rte, wic, wsc, ax-b, ax-g), xnli, anli, "
+                         "anli-r1/-r2/-r3, squad, squad2, race, ner, custom")
     model: str = required("model folder (native, Hugging Face or official DeBERTa)")
     output_dir: str = required("where eval_results.json, predictions, metrics.jsonl, eval.jsonl and best/ go")
     data_dir: Optional[str] = option(None, "folder with the task's standard files")
