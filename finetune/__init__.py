@@ -1,4 +1,4 @@
-"""Finetuning DeBERTa model folders: GLUE, SQuAD 1.1/2.0, RACE, NER and custom tables.
+"""Finetuning DeBERTa model folders: GLUE, SuperGLUE, XNLI, ANLI, SQuAD 1.1/2.0, RACE, NER and custom tables.
 
     python -m finetune --task sst-2 --data_dir glue/SST-2 --model models/v3 --output_dir ft/sst2
 
