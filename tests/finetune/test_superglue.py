@@ -34,8 +34,8 @@ def boolq(i, label):
 
 
 def cb(i, label):
-    return {"premise": "she said that the film was good", "hypothesis": f"the film was {['good', 'bad', 'long'][i % 3]}",
-            "label": label, "idx": i}
+    hypothesis = f"the film was {['good', 'bad', 'long'][i % 3]}"
+    return {"premise": "she said that the film was good", "hypothesis": hypothesis, "label": label, "idx": i}
 
 
 def copa(i, label):
