@@ -11,7 +11,8 @@ import multiprocessing
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 # Variables by which common launchers announce how many ranks there are.
@@ -100,8 +101,10 @@ def share_of_rank(tasks: Sequence, weights: Sequence[float], rank: int, size: in
 
 
 class Workers:
-    """``--workers`` processes, started once and reused by every stage: starting one costs
-    an interpreter and the imports. With one worker, tasks run in this process."""
+    """``--workers`` processes: this one and ``count - 1`` more, started once and reused by
+    every stage. Starting one costs an interpreter and the imports (about a CPU second), so
+    this process, which would otherwise wait, works on the tasks too. With one worker,
+    tasks run in this process only."""
 
     def __init__(self, count: int):
         self.count = count
@@ -109,18 +112,35 @@ class Workers:
 
     def run(self, function: Callable, tasks: Iterable) -> Iterator[tuple[Any, Any]]:
         """``(task, function(task))`` for every task, in the order they finish. A worker that
-        dies (killed, out of memory) raises ``BrokenProcessPool`` here instead of hanging."""
-        tasks = list(tasks)
-        if self.count <= 1 or len(tasks) <= 1:
-            for task in tasks:
+        dies (killed, out of memory) raises ``BrokenProcessPool`` here instead of hanging.
+
+        Tasks are handed out in the given order: each helper process holds two (its current
+        one and the next), and this process takes the next one whenever no helper has a
+        result waiting."""
+        pending = deque(tasks)
+        if self.count <= 1 or len(pending) <= 1:
+            for task in pending:
                 yield task, function(task)
             return
         if self._pool is None:
             # spawn, not fork: a forked child of an MPI process inherits MPI state it must not use.
-            self._pool = ProcessPoolExecutor(max_workers=self.count, mp_context=multiprocessing.get_context("spawn"))
-        futures = {self._pool.submit(function, task): task for task in tasks}
-        for future in as_completed(futures):
-            yield futures[future], future.result()
+            self._pool = ProcessPoolExecutor(max_workers=self.count - 1,
+                                             mp_context=multiprocessing.get_context("spawn"))
+        running: dict[Future, Any] = {}
+        queued_per_helper = 2  # a helper that finishes starts its next task without waiting for this process
+        while pending or running:
+            while pending and len(running) < queued_per_helper * (self.count - 1):
+                task = pending.popleft()
+                running[self._pool.submit(function, task)] = task
+            finished = [future for future in running if future.done()]
+            if not finished and pending:
+                task = pending.popleft()
+                yield task, function(task)
+                continue
+            if not finished:
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                yield running.pop(future), future.result()
 
     def __enter__(self) -> "Workers":
         return self
