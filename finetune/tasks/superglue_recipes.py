@@ -16,7 +16,7 @@ NLI.)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from pretrain.recipes import Code, Ours, Script, Source
 

@@ -28,6 +28,7 @@ from .base import register
 from .classification import GLUE, TableClassificationTask
 from .superglue import pair_features
 
+
 @dataclass
 class Pair:
     index: str
