@@ -1,0 +1,107 @@
+"""Resuming a pretraining run: a full disk during a save loses nothing, the logs hold each
+step once after a resume, and a resume with a changed model, objective, tokenizer, global
+batch or seed is refused before any weight is read, naming the fields (``--force_resume``
+overrides it). The runs are real ``pretrain/main.py`` processes (a world of one) on real
+files; the full disk is a file-size limit on the process."""
+from __future__ import annotations
+
+import json
+import random
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pretrain_helpers import REPO, TINY_MODEL, cpu_env, explain, read_jsonl, train_args
+
+from data_prep.cli import main as data_prep
+from pretrain.checkpoint import ResumeError, check_same_run, run_identity
+
+
+def make_shards(folder: Path) -> Path:
+    rng = random.Random(1)
+    words = "falcon meadow quartz lantern harbor ember willow canyon river stone music garden".split()
+    corpus = folder / "corpus.txt"
+    corpus.write_text("\n\n".join(" ".join(rng.choice(words) for _ in range(50)) for _ in range(600)) + "\n")
+    assert data_prep(["shard", "--input", str(corpus), "--tokenizer", str(REPO / "tests" / "assets" / "spm.model"),
+                      "--output", str(folder / "data"), "--seq_len", "64", "--valid_fraction", "0.05"]) == 0
+    return folder / "data"
+
+
+def file_size_limit(limit: int):
+    """For ``preexec_fn``: no file of the process may grow past ``limit`` bytes (a full disk for
+    each file it writes); a write past it fails with EFBIG instead of killing the process."""
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def pretrain(data: Path, run: Path, limit: int | None = None, **flags) -> subprocess.CompletedProcess:
+    values = dict(max_steps=4, save_interval=2, eval_interval=2, eval_samples=16, log_interval=1)
+    return subprocess.run([sys.executable, "pretrain/main.py", *train_args(data, run, **{**values, **flags})],
+                          cwd=REPO, env=cpu_env(), capture_output=True, text=True, timeout=300,
+                          preexec_fn=file_size_limit(limit) if limit else None)
+
+
+@pytest.mark.slow
+def test_full_disk_during_a_save_then_resume_then_changed_settings(tmp_path):
+    data, run = make_shards(tmp_path), tmp_path / "run"
+    first = pretrain(data, run)
+    assert first.returncode == 0, explain(first)
+    assert "checking the sha256 of 2 shards" in first.stdout  # and the stamp spares the next starts
+    checkpoints = run / "checkpoints"
+
+    # Steps 5 and 6 run and are logged; the checkpoint of step 6 cannot be written (its files
+    # are larger than the limit): the run ends with one line, and step 4 stays the latest.
+    full = pretrain(data, run, limit=300_000, max_steps=6)
+    assert full.returncode == 1, explain(full)
+    assert "stamp found" in full.stdout
+    lines = [line for line in full.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in full.stderr, explain(full)
+    assert f"saving the checkpoint of step 6 into {checkpoints / '.tmp-step_00000006'} failed" in lines[0]
+    assert f"{checkpoints / 'step_00000004'} is still the latest" in lines[0]
+    assert (checkpoints / "latest").read_text().strip() == "step_00000004"
+    assert [r["step"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+
+    # With space again, the same command resumes from step 4; the logs hold each step once.
+    resumed = pretrain(data, run, max_steps=6)
+    assert resumed.returncode == 0, explain(resumed)
+    assert f"resumed from {checkpoints / 'step_00000004'}: step 4" in resumed.stdout
+    assert [r["step"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in read_jsonl(run / "eval.jsonl")] == [0, 2, 4, 6]
+    assert sorted(p.name for p in checkpoints.glob("step_*")) == ["step_00000002", "step_00000004", "step_00000006"]
+
+    # Another model shape and global batch: refused before any weight is read, nothing touched.
+    before = sorted(p.name for p in checkpoints.iterdir())
+    changed = pretrain(data, run, max_steps=8, micro_batch_size=4,
+                       set_model=TINY_MODEL.replace("num_hidden_layers=2", "num_hidden_layers=3"))
+    assert changed.returncode == 2, explain(changed)
+    lines = [line for line in changed.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in changed.stderr and "size mismatch" not in changed.stderr
+    assert (f"{checkpoints / 'step_00000006'} was trained with other settings (global_batch 8 -> 4, "
+            f"model_config.num_hidden_layers 2 -> 3)") in lines[0]
+    assert f"another --output_dir than {run}" in lines[0] and "--force_resume" in lines[0]
+    assert sorted(p.name for p in checkpoints.iterdir()) == before
+
+
+def test_what_a_resume_compares():
+    state = {"global_batch": 8, "seed": 1, "world_size": 2,
+             "model": {"objective": "rtd", "model_config": {"hidden_size": 64, "hidden_dropout_prob": 0.1},
+                       "generator_config": {"hidden_size": 32}, "embedding_sharing": "gdes"}}
+    same = run_identity(state, "abc")
+    # Another world size (the universal-checkpoint path) and another dropout are not changes of the run.
+    other_topology = {**state, "world_size": 4,
+                      "model": {**state["model"], "model_config": {"hidden_size": 64, "hidden_dropout_prob": 0.0}}}
+    check_same_run(same, run_identity(other_topology, "abc"), Path("ck"), Path("out"), force=False, log=print)
+    changed = {**state, "model": {**state["model"], "objective": "mlm", "generator_config": {"hidden_size": 16}}}
+    with pytest.raises(ResumeError) as refused:
+        check_same_run(same, run_identity(changed, "def"), Path("ck"), Path("out"), force=False, log=print)
+    message = str(refused.value)
+    assert ("generator_config.hidden_size 32 -> 16, objective 'rtd' -> 'mlm', tokenizer sha256 'abc' -> 'def'"
+            in message)
+    notes = []
+    check_same_run(same, run_identity(changed, "def"), Path("ck"), Path("out"), force=True, log=notes.append)
+    assert notes and notes[0].startswith("--force_resume: resuming ck with changed settings: generator_config")
