@@ -35,6 +35,10 @@ BENCHMARKS = {
     "finetune_sst2": ("Finetuning SST-2", "python -m bench.finetune_sst2",
                       "Dev accuracy on SST-2 after a short CPU finetuning, with and without SiFT, against the "
                       "majority class."),
+    "finetune_recipes": ("Finetuning with the default recipe", "python -m bench.finetune_recipes",
+                         "The documented one-line command (`python -m finetune --task T --data_dir D --model M "
+                         "--output_dir O`, with --seed) on the main job's model: the recipe it picks by itself "
+                         "(finetune/recipes.py), 3 seeds, each run's best dev figure, the median and the spread."),
 }
 
 INTRO = """\

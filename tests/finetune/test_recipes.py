@@ -325,3 +325,28 @@ def test_official_truncation_in_a_task(tmp_path, tiny_folder, write_tsv):
         assert (start == 0) == (mode == "longest_first")  # official: cut at both ends (seed 3)
         assert split.features[1]["input_ids"][1:-1] == (tokenizer.encode("short") + [tokenizer.sep_token_id]
                                                         + tokenizer.encode("text"))
+
+
+@pytest.mark.slow  # two finetuning runs in their own processes
+def test_bench_runs_the_default_command_over_seeds_and_reuses_finished_runs(tmp_path, tiny_folder, sentiment_files):
+    from bench import finetune_recipes
+    glue = tmp_path / "glue"
+    glue.mkdir()
+    (glue / "SST-2").symlink_to(sentiment_files, target_is_directory=True)
+    out, figures = tmp_path / "runs", tmp_path / "figures.json"
+    argv = ["--model", tiny_folder, "--data_dir", str(glue), "--tasks", "sst-2", "--seeds", "1", "2",
+            "--output_dir", str(out), "--json", str(figures)]
+    assert finetune_recipes.main(argv) == 0
+    task = json.loads(figures.read_text())["results"]["tasks"]["sst-2"]
+    values = [task["runs"][seed]["best"]["accuracy"] for seed in ("1", "2")]
+    assert task["recipe"] == "sst-2/small-model" and task["median"] == sorted(values)[0] + (
+        sorted(values)[1] - sorted(values)[0]) / 2
+    recorded = json.loads((out / "sst-2_seed2" / "finetune_config.json").read_text())
+    assert recorded["run"]["seed"] == 2 and recorded["recipe"]["name"] == "sst-2/small-model"
+    # Finished runs of the same settings are reused; a run whose settings differ is not.
+    stamp = (out / "sst-2_seed1" / "summary.json").stat().st_mtime
+    assert finetune_recipes.main(argv) == 0
+    assert (out / "sst-2_seed1" / "summary.json").stat().st_mtime == stamp
+    recorded["optimizer"]["lr"] = 1.0
+    assert finetune_recipes.differences(recorded, parse_args(finetune_recipes.command(
+        "sst-2", glue, tiny_folder, out / "sst-2_seed2", 2)).to_dict()) == ["optimizer.lr: 1.0 != 0.0005"]
