@@ -2,6 +2,7 @@
 # Installs the project into the current Python environment, torch first:
 #   bash scripts/install.sh            # pip install -e . -c constraints.txt
 #   bash scripts/install.sh test       # with the [test] extra (scripts/test.sh does this)
+#   bash scripts/install.sh triton     # with Triton for attention_backend="triton"
 #
 # torch is chosen before anything else so that a CPU machine never downloads a CUDA build:
 #   - a torch that is already importable is kept, whatever its build (its constraints line
@@ -38,7 +39,13 @@ PY
 
 if "$PYTHON" -c "import torch" 2>/dev/null; then
     echo "install: keeping the installed torch $("$PYTHON" -c 'import torch; print(torch.__version__)')"
-    grep -v '^torch==' constraints.txt > "$TMP/constraints.txt"
+    # A CUDA torch pins the Triton it was built with: an installed Triton is kept too.
+    if "$PYTHON" -c "import triton" 2>/dev/null; then
+        echo "install: keeping the installed triton $("$PYTHON" -c 'import triton; print(triton.__version__)')"
+        grep -v -e '^torch==' -e '^triton==' constraints.txt > "$TMP/constraints.txt"
+    else
+        grep -v '^torch==' constraints.txt > "$TMP/constraints.txt"
+    fi
     CONSTRAINTS="$TMP/constraints.txt"
 elif has_gpu; then
     echo "install: GPU found; torch $TORCH_VERSION from pip's index"
