@@ -41,6 +41,7 @@ as in flash attention.
 """
 from __future__ import annotations
 
+import os
 import weakref
 
 import torch
@@ -49,7 +50,8 @@ import triton.language as tl
 
 # Whether the kernels below run in Triton's interpreter (TRITON_INTERPRET=1 when this module
 # was first imported): then they take CPU tensors, else CUDA tensors.
-INTERPRETED = bool(triton.knobs.runtime.interpret) if hasattr(triton, "knobs") else False
+INTERPRETED = (bool(triton.knobs.runtime.interpret) if hasattr(triton, "knobs")
+               else os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"))
 
 
 

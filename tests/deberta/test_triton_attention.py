@@ -22,6 +22,55 @@ from deberta.model import relative_position_index  # noqa: E402
 KERNELS = "deberta.kernels.disentangled_attention"
 
 
+# ---------------------------------------------------------------------------------------
+# On a CUDA GPU (bench/gpu_check.sh runs these): the compiled kernels. They come first, so
+# that on a GPU machine they run before the module fixture below swaps in the interpreter.
+# ---------------------------------------------------------------------------------------
+@pytest.fixture
+def compiled_kernels():
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        pytest.skip("TRITON_INTERPRET is set: the kernels are interpreted in this process")
+    module = importlib.import_module(KERNELS)
+    if module.INTERPRETED:
+        module = importlib.reload(module)
+    assert not module.INTERPRETED
+    return module
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2), (torch.float16, 4e-3)])
+@pytest.mark.parametrize("length,query_subset", [(512, False), (2048, False), (512, True)])
+def test_cuda_kernels_match_eager(compiled_kernels, dtype, atol, length, query_subset):
+    """Output and the five gradients against eager in fp32, at v3-base's head size and
+    buckets, with padding; the decoder's query subset too."""
+    inputs = make_inputs(batch=2, heads=3, length=length, head_dim=64, buckets=256, max_relative=512)
+    if query_subset:
+        positions = torch.stack([torch.randperm(length)[:77].sort().values for _ in range(2)])
+        inputs["query"] = inputs["query"][:, :, :77].detach().requires_grad_()
+        inputs["rel_index"], inputs["query_mask"] = inputs["rel_index"][positions], None
+    reference = forward_backward(eager_attention, {n: v.cuda() if torch.is_tensor(v) else v
+                                                   for n, v in _leaves_copy(inputs, torch.float32).items()})
+    fused = forward_backward(backend_module.triton_attention,
+                             {n: v.cuda() if torch.is_tensor(v) else v for n, v in _leaves_copy(inputs, dtype).items()})
+    assert backend_module.unsupported_reason(inputs["query"].cuda().to(dtype), inputs["key"].cuda().to(dtype),
+                                             None, None) is None
+    assert_close(fused, reference, atol)
+
+
+@pytest.mark.gpu
+def test_cuda_dropout_keep_rate(compiled_kernels):
+    kept = compiled_kernels.dropout_keep_mask(11, (4, 12, 512, 512), 0.1, "cuda").float()
+    assert abs(kept.mean().item() - 0.9) < 5 * math.sqrt(0.09 / kept.numel())
+
+
+def _leaves_copy(inputs, dtype):
+    return {name: value.detach().to(dtype).requires_grad_() if torch.is_tensor(value) and value.is_floating_point()
+            else value for name, value in inputs.items()}
+
+
+# ---------------------------------------------------------------------------------------
+# On CPU, in Triton's interpreter
+# ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def kernels():
     """The kernel module decorated under TRITON_INTERPRET=1 (Triton decides interpreted or
