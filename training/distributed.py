@@ -127,6 +127,12 @@ def _start_group(timeout: datetime.timedelta, retry_port: bool = False) -> tuple
     import torch.distributed as dist
 
     rank, address = int(os.environ["RANK"]), f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+    # Groups made later (DeepSpeed's data-parallel clone of the world, ZeRO's) take torch's
+    # module default, not the world group's timeout: make the default ours.
+    from torch.distributed import distributed_c10d
+    distributed_c10d.default_pg_timeout = timeout
+    if isinstance(distributed_c10d.default_pg_nccl_timeout, datetime.timedelta):
+        distributed_c10d.default_pg_nccl_timeout = timeout
     try:
         deepspeed.init_distributed(timeout=timeout)
         dist.barrier()  # every rank has mapped its peers' buffers
@@ -289,40 +295,57 @@ def _failed_collective(error: BaseException) -> tuple[str, str]:
     return collective, where
 
 
-def describe_collective_failure(error: BaseException, rank: int, timeout: datetime.timedelta) -> Optional[str]:
-    """One line for a collective that failed because a peer is gone or silent; None for any other error."""
-    text = str(error)
-    timed_out = "Timed out" in text or "timed out" in text or "Timeout" in text
-    if not isinstance(error, RuntimeError) or not (_peer_lost(text) or timed_out):
-        return None
-    collective, where = _failed_collective(error)
-    what = (f"timed out after {timeout.total_seconds():.0f} s ({TIMEOUT_ENV})" if timed_out
-            else f"lost a peer ({_gloo_reason(text)})")
+def _missing_ranks() -> tuple[list[int], Optional[str]]:
+    """(ranks whose heartbeat stands still, or [] when all answer; a line when the store is gone)."""
     heartbeat = _Heartbeat.current
     if heartbeat is None:
-        who = "a peer rank died or hung (see the other ranks' output)"
+        return [], None
+    try:
+        return heartbeat.silent_ranks(), None
+    except RuntimeError:
+        return [], (f"rank 0, which holds the rendezvous store at {os.environ.get('MASTER_ADDR')}:"
+                    f"{os.environ.get('MASTER_PORT')}, is gone: it died or its node failed; its output says why")
+
+
+def describe_failure(error: BaseException, rank: int, timeout: datetime.timedelta) -> Optional[str]:
+    """One line for an error that a lost or silent peer explains: a collective that failed
+    (a peer closed its connection, or the timeout), or any error met while another rank is
+    gone (the launcher then stops the survivors: SIGTERM to them and their data loaders).
+    None when no peer is missing and no collective failed: a bug of its own, for a traceback."""
+    text = str(error)
+    timed_out = "Timed out" in text or "timed out" in text or "Timeout" in text
+    collective_failed = isinstance(error, RuntimeError) and (_peer_lost(text) or timed_out)
+    silent, store_gone = _missing_ranks()
+    interval = _Heartbeat.current.interval if _Heartbeat.current else 1.0
+    if silent:
+        who = (f"rank(s) {', '.join(map(str, silent))} stopped answering (no heartbeat for {2.5 * interval:.0f} s): "
+               f"they died or froze; their output says why")
+    elif store_gone:
+        who = store_gone
+    elif collective_failed:
+        who = ("every other rank still answers: one is stuck outside the collectives (a data loader, a file "
+               "system); `py-spy dump --pid PID` shows where")
     else:
-        try:
-            silent = heartbeat.silent_ranks()
-            who = (f"rank(s) {', '.join(map(str, silent))} stopped answering (no heartbeat for "
-                   f"{2.5 * heartbeat.interval:.0f} s): they died or froze; their output says why" if silent
-                   else "every other rank still answers: one is stuck outside the collectives (a data "
-                        "loader, a file system); `py-spy dump --pid PID` shows where")
-        except RuntimeError:
-            who = (f"rank 0, which holds the rendezvous store at {os.environ.get('MASTER_ADDR')}:"
-                   f"{os.environ.get('MASTER_PORT')}, is gone: it died or its node failed; its output says why")
-    return (f"error: rank {rank}: {collective} in {where} {what}: {who}. Start the same command again "
-            f"to resume from the last checkpoint")
+        return None
+    if collective_failed:
+        collective, where = _failed_collective(error)
+        what = (f"{collective} in {where} timed out after {timeout.total_seconds():.0f} s ({TIMEOUT_ENV})"
+                if timed_out else f"{collective} in {where} lost a peer ({_gloo_reason(text)})")
+    else:
+        what = f"stopped ({type(error).__name__}: {text.splitlines()[0] if text else ''})"
+    return f"error: rank {rank}: {what}: {who}. Start the same command again to resume from the last checkpoint"
 
 
 def _install_fault_report(rank: int, world: int, timeout: datetime.timedelta) -> None:
-    """An uncaught collective failure ends the rank with one line instead of gloo's traceback."""
+    """An uncaught error that a lost peer explains ends the rank with one line instead of a traceback."""
     previous = sys.excepthook
 
     def report(kind, error, tb):
+        if not isinstance(error, Exception):  # KeyboardInterrupt: asked for
+            return previous(kind, error, tb)
         # The launcher terminates the survivors of a dead rank: finish the report first.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        message = describe_collective_failure(error, rank, timeout)
+        message = describe_failure(error, rank, timeout)
         if message is None:
             return previous(kind, error, tb)
         from deberta.errors import debug_requested
