@@ -23,6 +23,7 @@ import torch
 from bench.common import REPO, add_json_argument, command_line, write_result
 from deberta import DebertaConfig, build_model, load_tokenizer, save_model
 from finetune import FinetuneConfig, Trainer
+from finetune.config import TaskConfig
 from finetune.data import read_table
 
 # Small enough for a CPU budget: 4 layers of width 128 (~0.8M backbone parameters).
@@ -93,7 +94,8 @@ def main(argv=None) -> int:
                  notes=[f"{args.max_train_examples} training sentences, {args.epochs:g} epoch(s), batch "
                         f"{args.batch_size}, learning rate {args.learning_rate:g}, max_seq_length "
                         f"{args.max_seq_length}, {args.threads} torch thread(s); dev = the full SST-2 dev set. "
-                        f"SiFT: lambda 1, step 1e-4, noise 1e-2."])
+                        f"SiFT: lambda {TaskConfig.sift_lambda:g}, step {TaskConfig.sift_step_size:g}, noise "
+                        f"{TaskConfig.sift_init_noise:g}."])
     return 0
 
 

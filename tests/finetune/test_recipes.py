@@ -218,13 +218,19 @@ def test_listing_command_prints_values_with_sources(capsys):
     assert list_recipes(["nosuchtask"]) == 2
 
 
-def test_run_records_its_recipe(tmp_path, tiny_folder, sentiment_files, capsys):
+def test_run_records_its_recipe_and_starts_from_a_task_model(tmp_path, tiny_folder, sentiment_files, capsys):
+    _classifier_folder(tmp_path / "mnli", tiny_folder, 3, seed=1)
     out = tmp_path / "out"
     assert finetune_main(["--task", "sst-2", "--data_dir", str(sentiment_files), "--model", tiny_folder,
-                          "--output_dir", str(out), "--max_steps", "1", "--no-tensorboard", "--no-save_best"]) == 0
-    recorded = json.loads((out / "finetune_config.json").read_text())["recipe"]
-    assert recorded["name"] == "sst-2/small-model" and recorded["settings"]["max_seq_length"]["value"] == 64
-    assert "recipe: sst-2/small-model (--task sst-2 on" in capsys.readouterr().out
+                          "--output_dir", str(out), "--max_steps", "1", "--no-tensorboard", "--no-save_best",
+                          "--init_task_model", str(tmp_path / "mnli")]) == 0
+    recorded = json.loads((out / "finetune_config.json").read_text())
+    assert recorded["recipe"]["name"] == "sst-2/small-model"
+    assert recorded["recipe"]["settings"]["max_seq_length"]["value"] == 64
+    assert recorded["run"]["init_task_model"] == str(tmp_path / "mnli")
+    printed = capsys.readouterr().out
+    assert "recipe: sst-2/small-model (--task sst-2 on" in printed
+    assert "(finetuned on mnli): backbone and pooler kept; new classifier.weight, classifier.bias" in printed
 
 
 def _classifier_folder(path, like: str, num_labels: int, seed: int, **changes):
