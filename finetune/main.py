@@ -9,46 +9,42 @@ Your own table, no code:
     python -m finetune --task custom --train a.tsv --dev b.tsv --text_cols sentence \\
         --label_col label --model models/v3 --output_dir ft/mine
 With SiFT: add --sift [--sift_lambda 1 --sift_step_size 1e-4 --sift_init_noise 1e-2].
+Several seeds, with the median and spread: add --seeds 5 (or --seeds 1,2,3); see finetune/seeds.py.
+A run stopped (SIGTERM saves at the end of the step; a kill loses the steps since the last
+--save_interval checkpoint) continues when the same command is run again.
 
-Exit codes: 0 done, 1 unusable data or a non-finite loss, 2 contradictory settings.
+Exit codes: 0 done (or saved on SIGTERM), 1 unusable data or a non-finite loss, 2 contradictory
+settings (a resume with changed settings included).
 The project must be installed (`pip install -e .`): this file imports the package.
 """
 import logging
 import sys
 from pathlib import Path
 
-import torch.distributed as dist
-
 import finetune
 
+from deberta.errors import run_command
 from finetune.config import parse_args
-from finetune.data import DataError
-from finetune.trainer import Trainer
-from training.distributed import shutdown
-from training.ds_config import ConfigError
-from training.sync import NonFiniteLoss
+from finetune.checkpoint import StopSignal
+from finetune.seeds import run_seeds
+from training.distributed import init_distributed, shutdown
 
 
 def main(argv=None) -> int:
+    """One ``error:`` line, from rank 0, for data, model folders and settings (``deberta.errors``)."""
+    return run_command(_run, argv)
+
+
+def _run(argv: list[str]) -> int:
     config = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    code = 0
     try:
-        Trainer(config).train()
-    except (DataError, FileNotFoundError, NonFiniteLoss) as error:
-        code = _error(error, 1)
-    except ConfigError as error:
-        code = _error(error, 2)
+        with StopSignal() as stop:  # SIGTERM from here on saves, even between two seeds' runs
+            init_distributed()
+            run_seeds(config, stop)
     finally:
         shutdown()
-    return code
-
-
-def _error(error: Exception, code: int) -> int:
-    """One line, from rank 0 (every rank meets the same error)."""
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        print(f"error: {error}", file=sys.stderr, flush=True)
-    return code
+    return 0
 
 
 if __name__ == "__main__":
