@@ -1,11 +1,12 @@
 """DeBERTa pretraining entry point; the logic lives in pretrain/trainer.py.
 
-    deepspeed pretrain/main.py --ds_config ds_configs/zero2.json --model_config deberta-v3-base \\
+    deberta-launch pretrain/main.py --ds_config ds_configs/zero2.json --model_config deberta-v3-base \\
         --objective rtd --data_dir data/ --output_dir runs/v3 --max_steps 500000
-    deepspeed --num_gpus 2 pretrain/main.py ...          # no GPU: 2 CPU ranks over gloo
-    deepspeed pretrain/main.py --recipe deberta-v3-base-rtd --data_dir data/ --output_dir runs/v3
-    deepspeed pretrain/main.py --config run.yaml         # flags in a YAML/JSON file
-    deepspeed pretrain/main.py --objective mypkg.objectives:MyObjective ...
+    deberta-launch --num_gpus 2 pretrain/main.py ...     # no GPU: 2 CPU ranks over gloo
+    deepspeed --master_port 29600 pretrain/main.py ...   # DeepSpeed's launcher itself: give a free port
+    deberta-launch pretrain/main.py --recipe deberta-v3-base-rtd --data_dir data/ --output_dir runs/v3
+    deberta-launch pretrain/main.py --config run.yaml    # flags in a YAML/JSON file
+    deberta-launch pretrain/main.py --objective mypkg.objectives:MyObjective ...
     sbatch slurm/pretrain_xxlarge.sh                     # 16 nodes x 16 GPUs
 
 Starting again with the same --output_dir resumes from its newest complete checkpoint.
