@@ -309,8 +309,9 @@ class PieceReader:
                     continue
                 text = record.get(self.text_field) if isinstance(record, dict) else None
                 if not isinstance(text, str):
+                    fields = f" (fields: {', '.join(list(record)[:8])})" if isinstance(record, dict) else ""
                     self.problems.add("missing_text_field", self.where(number),
-                                      f"no string field {self.text_field!r}")
+                                      f"no string field {self.text_field!r}{fields}")
                     continue
                 yield number, text
 

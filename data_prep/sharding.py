@@ -118,6 +118,8 @@ def _difference(found: dict, wanted: dict) -> str:
 
 def plan(config: ShardConfig) -> dict:
     output = Path(config.output)
+    if output.exists() and not output.is_dir():
+        raise PrepError(f"--output {output} is a file; give a folder (new, or one written by this command)")
     tokenizer = load_tokenizer(config.tokenizer)
     inputs = find_inputs(config.inputs)
     fingerprint = {"settings": config.output_settings(),
@@ -266,10 +268,26 @@ def _encode(job: _Job, pieces: list[Piece]) -> dict:
             raise PrepError(f"{len(missing)} of {len(pieces)} input pieces could not be read:\n  {named}\n"
                             f"The other pieces are kept: fix or remove these files and run the same "
                             f"command again (it resumes), or pass --allow_unreadable to leave them out.")
+        if markers and not any(sum(m["documents"].values()) for m in markers.values()):
+            raise PrepError(f"no document in {len(markers)} input piece(s): {_why_empty(markers.values())}. Fix the "
+                            f"inputs and run the same command again, or change a setting and add --overwrite")
         return {"markers": markers, "failed": failed,
                 "missing": [{"path": p.path, "start": p.start, "end": p.end} for p in missing]}
 
     return job.on_rank_zero(collect)
+
+
+def _why_empty(markers) -> str:
+    """The most frequent problem of inputs that gave no document, with an example."""
+    problems = ProblemLog()
+    for marker in markers:
+        problems.merge(marker["problems"])
+    if not problems.counts:
+        return "the inputs hold no text"
+    kind = max(problems.counts, key=problems.counts.get)
+    example = next(e for e in problems.examples if e["kind"] == kind)
+    hint = " (see --text_field)" if kind == "missing_text_field" else ""
+    return f"{problems.counts[kind]:,} x {kind}{hint}, e.g. {example['where']}: {example['detail']}"
 
 
 def _ordered(markers: dict) -> list[dict]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -32,7 +33,7 @@ import torch.distributed as dist
 
 from data_prep.shard_format import sha256_file
 from deberta.atomic import atomic_write, fsync_dir
-from deberta.errors import SettingsError, UserError
+from deberta.errors import InputError, SettingsError, UserError
 
 CHECKPOINT_FILE = "checkpoint.json"
 LATEST = "latest"
@@ -48,6 +49,10 @@ KILL_IN_SAVE_ENV = "PRETRAIN_KILL_IN_SAVE_AT_STEP"
 
 class ResumeError(SettingsError, RuntimeError):
     """A checkpoint that cannot be resumed from as asked."""
+
+
+class DamagedCheckpoint(InputError):
+    """A complete checkpoint whose files changed after the save (truncated, overwritten)."""
 
 
 class SaveError(UserError):
@@ -210,11 +215,43 @@ class CheckpointManager:
     def saved_trainer_state(self, path: Path) -> dict:
         """The trainer state recorded with checkpoint ``path`` (its checkpoint.json), read without
         loading any weight: what a resume compares with its own settings first."""
-        return json.loads((path / CHECKPOINT_FILE).read_text(encoding="utf-8"))["trainer"]
+        info = self._info(path)
+        # Rank 0 compares every file's size with the record (one stat per file, not one per
+        # file and rank) and tells the others, so that all stop together, before any load.
+        problem = [self._size_problem(path, info["files"]) if self.rank == 0 else None]
+        if dist.is_initialized() and self.world > 1:
+            dist.broadcast_object_list(problem, src=0)
+        if problem[0]:
+            raise self._damaged(path, problem[0])
+        return info["trainer"]
+
+    def _info(self, path: Path) -> dict:
+        try:
+            info = json.loads((path / CHECKPOINT_FILE).read_text(encoding="utf-8"))
+            _ = info["files"], info["trainer"], info["world_size"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise self._damaged(path, f"{path / CHECKPOINT_FILE} is not readable ({error})") from None
+        return info
+
+    @staticmethod
+    def _size_problem(path: Path, files: dict) -> Optional[str]:
+        for name, size in files.items():
+            found = (path / name).stat().st_size if (path / name).is_file() else None
+            if found != size:
+                return f"{path / name}: {'missing' if found is None else f'{found} bytes'}, saved with {size}"
+        return None
+
+    def _damaged(self, path: Path, what: str) -> DamagedCheckpoint:
+        earlier = [p for p in self.complete() if p != path and int(STEP_DIR.match(p.name).group(1)) <
+                   int(STEP_DIR.match(path.name).group(1))] if STEP_DIR.match(path.name) else []
+        fallback = (f"it resumes from {earlier[-1].name}, the newest checkpoint before it" if earlier
+                    else "there is no earlier checkpoint: it starts the run anew")
+        return DamagedCheckpoint(f"checkpoint {path} is damaged: {what}. Move it aside (mv {path} {path}.damaged) "
+                                 f"and run the same command again: {fallback}")
 
     def load(self, engines: dict, path: Path, universal: bool) -> dict:
         """Restore the engines and RNG from ``path``; returns the trainer state saved with it."""
-        info = json.loads((path / CHECKPOINT_FILE).read_text(encoding="utf-8"))
+        info = self._info(path)
         if info.get("format_version") != FORMAT_VERSION:
             raise ResumeError(f"{path / CHECKPOINT_FILE}: format_version {info.get('format_version')}, "
                               f"this code reads {FORMAT_VERSION}")
@@ -231,11 +268,19 @@ class CheckpointManager:
         if universal and not universal_path.is_dir():
             raise ResumeError(f"--universal_checkpoint true: {universal_path} not found; create it with\n{convert}")
         tag = (universal_path if universal else path).name
-        for name, engine in engines.items():
-            loaded, client = engine.load_checkpoint(str(self.directory), tag=engine_tag(tag, name),
-                                                    load_optimizer_states=True, load_lr_scheduler_states=True)
-            if loaded is None:
-                raise ResumeError(f"DeepSpeed could not load the checkpoint of engine {name or 'model'!r} in {path}")
-        if not universal:
-            set_rng_state(torch.load(path / f"rng_rank_{self.rank:05d}.pt", weights_only=False))
+        try:
+            for name, engine in engines.items():
+                loaded, client = engine.load_checkpoint(str(self.directory), tag=engine_tag(tag, name),
+                                                        load_optimizer_states=True, load_lr_scheduler_states=True)
+                if loaded is None:
+                    raise ResumeError(f"DeepSpeed could not load the checkpoint of engine {name or 'model'!r} in "
+                                      f"{path}")
+            if not universal:
+                set_rng_state(torch.load(path / f"rng_rank_{self.rank:05d}.pt", weights_only=False))
+        except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
+            if isinstance(error, ResumeError):
+                raise
+            # Files of the right size that do not read back (overwritten in place).
+            detail = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+            raise self._damaged(path, f"a file does not read back ({type(error).__name__}: {detail})") from error
         return client["trainer"] if client and "trainer" in client else info["trainer"]

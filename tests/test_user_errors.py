@@ -122,6 +122,23 @@ def test_shard_on_a_missing_tokenizer_and_a_damaged_manifest(tmp_path, capsys):
     assert f"{tmp_path / 'data' / 'manifest.json'}: damaged" in line and "--overwrite" in line
 
 
+def test_shard_without_the_text_field_or_onto_a_file(tmp_path, capsys):
+    records = tmp_path / "a.jsonl"
+    records.write_text("".join(f'{{"body": "document number {i}"}}\n' for i in range(20)))
+    assert data_prep_main(["shard", "--input", str(records), "--tokenizer", str(SPM_MODEL),
+                           "--output", str(tmp_path / "data")]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert "no document in 1 input piece(s): 20 x missing_text_field (see --text_field)" in line
+    assert "add --overwrite" in line
+    assert f"{records}:1: no string field 'text' (fields: body)" in line
+    assert data_prep_main(["shard", "--input", str(records), "--tokenizer", str(SPM_MODEL), "--text_field", "body",
+                           "--output", str(tmp_path / "data"), "--overwrite"]) == 0
+    capsys.readouterr()
+    assert data_prep_main(["shard", "--input", str(records), "--tokenizer", str(SPM_MODEL),
+                           "--output", str(records)]) == 1
+    assert f"--output {records} is a file" in one_error_line(capsys.readouterr().err)
+
+
 # --- model folders: deberta.convert and finetune -------------------------------------------
 
 def test_convert_names_a_damaged_weights_file(model_folder, tmp_path, capsys):
@@ -142,6 +159,18 @@ def test_convert_names_the_line_and_column_of_a_broken_config(model_folder, tmp_
 def test_convert_says_that_the_folder_does_not_exist(tmp_path, capsys):
     assert convert_main([str(tmp_path / "nope"), str(tmp_path / "out"), "--to", "native"]) == 1
     assert f"{tmp_path / 'nope'}: model folder not found" in one_error_line(capsys.readouterr().err)
+
+
+def test_a_pretraining_checkpoint_where_a_model_folder_belongs(tmp_path, capsys):
+    checkpoints = tmp_path / "run" / "checkpoints"
+    (checkpoints / "step_00000010").mkdir(parents=True)
+    (checkpoints / "latest").write_text("step_00000010\n")
+    (checkpoints / "step_00000010" / "checkpoint.json").write_text("{}")
+    for folder in (checkpoints, checkpoints / "step_00000010"):
+        assert convert_main([str(folder), str(tmp_path / "out"), "--to", "hf"]) == 1
+        line = one_error_line(capsys.readouterr().err)
+        assert f"it is a pretraining checkpoint: write a model folder from it with `python -m pretrain.convert " \
+               f"{checkpoints} --output DIR`" in line
 
 
 def test_pretrain_convert_without_a_checkpoint(tmp_path, capsys):
