@@ -102,7 +102,7 @@ def run(args: list[str], port: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if not args or args[0] in ("-h", "--help"):
-        print(__doc__.strip())
+        print(f"usage: {PROGRAM} [deepspeed launcher flags] SCRIPT.py [the script's flags]\n\n{__doc__.strip()}")
         return 0 if args else 2
     chosen, args = split_port(args)
     port = chosen or str(free_port())
