@@ -347,18 +347,19 @@ def _backbone_size(config) -> float:
 
 
 def size_class(config: DebertaConfig) -> tuple[str, str]:
-    """(size class, how it was found) of a model config."""
-    family = [(name, DebertaConfig.from_preset(name)) for name in SIZE_CLASSES]
-    family = [(name, preset) for name, preset in family if preset.model_type == config.model_type
-              and (preset.conv_kernel_size > 0) == (config.conv_kernel_size > 0)]
+    """(size class, how it was found) of a model config: the preset of its family (v1, v2 or
+    v3) with its depth and width, else the nearest in size; below every preset, ours."""
+    presets = [(name, DebertaConfig.from_preset(name)) for name in SIZE_CLASSES]
+    family = [(name, preset) for name, preset in presets if preset.model_type == config.model_type
+              and (preset.conv_kernel_size > 0) == (config.conv_kernel_size > 0)] or presets
+    shape = f"{config.num_hidden_layers} layers, width {config.hidden_size}"
     for name, preset in family:
         if (preset.hidden_size, preset.num_hidden_layers) == (config.hidden_size, config.num_hidden_layers):
-            return SIZE_CLASSES[name], f"the shape of {name} ({config.num_hidden_layers} layers, width " \
-                                       f"{config.hidden_size})"
-    smallest = min(_backbone_size(DebertaConfig.from_preset(name)) for name in SIZE_CLASSES)
-    shape = f"{config.num_hidden_layers} layers, width {config.hidden_size}"
-    if _backbone_size(config) < smallest or not family:
-        return SMALL_MODEL, f"{shape}: smaller than every preset (or of no preset's family)"
+            return SIZE_CLASSES[name], f"{shape}, the shape of {name}"
+    smallest_name, smallest = min(presets, key=lambda item: _backbone_size(item[1]))
+    if _backbone_size(config) < _backbone_size(smallest):
+        return SMALL_MODEL, (f"{shape}: smaller than every preset (the smallest, {smallest_name}, has "
+                             f"{smallest.num_hidden_layers} layers of width {smallest.hidden_size})")
     name, _ = min(family, key=lambda item: abs(math.log(_backbone_size(item[1]) / _backbone_size(config))))
     return SIZE_CLASSES[name], f"{shape}: no preset has it; the nearest in size is {name}"
 
