@@ -1,7 +1,7 @@
 """Resuming a pretraining run: a full disk during a save loses nothing, the logs hold each
 step once after a resume, and a resume with a changed model, objective, tokenizer, global
 batch or seed is refused before any weight is read, naming the fields (``--force_resume``
-overrides it). The runs are real ``pretrain/main.py`` processes (a world of one) on real
+overrides it), and a checkpoint file damaged after the save is named. The runs are real ``pretrain/main.py`` processes (a world of one) on real
 files; the full disk is a file-size limit on the process."""
 from __future__ import annotations
 
@@ -85,6 +85,16 @@ def test_full_disk_during_a_save_then_resume_then_changed_settings(tmp_path):
             f"model_config.num_hidden_layers 2 -> 3)") in lines[0]
     assert f"another --output_dir than {run}" in lines[0] and "--force_resume" in lines[0]
     assert sorted(p.name for p in checkpoints.iterdir()) == before
+
+    # A file of the newest checkpoint cut short after the save: named, with the way back to step 4.
+    optimizer = checkpoints / "step_00000006" / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    optimizer.write_bytes(optimizer.read_bytes()[:1000])
+    damaged = pretrain(data, run, max_steps=8)
+    assert damaged.returncode == 1, explain(damaged)
+    lines = [line for line in damaged.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in damaged.stderr, explain(damaged)
+    assert f"checkpoint {checkpoints / 'step_00000006'} is damaged: {optimizer}: 1000 bytes, saved with" in lines[0]
+    assert "it resumes from step_00000004, the newest checkpoint before it" in lines[0]
 
 
 def test_what_a_resume_compares():
