@@ -104,6 +104,43 @@ def sdpa_attention(query, key, value, pos_key, pos_query, rel_index, mask, scale
                                           scale=scale)
 
 
+class Packing:
+    """Where the tokens of a packed batch belong: B sequences laid end to end, no padding.
+
+    Per-token work (embeddings, projections, LayerNorms, the FFN, the heads) runs on the
+    packed ``[T, ...]`` tokens. Attention needs each sequence on its own, with its own
+    relative positions: ``pad`` scatters the tokens into ``[B, Lmax, ...]`` (Lmax the
+    longest sequence of this batch, not the model's maximum), any backend runs there with
+    ``mask``, and ``unpad`` gathers the real tokens back.
+
+    ``cu_seqlens`` [B+1] int: cumulative lengths, 0 first and T last; ``max_seqlen`` the
+    longest length, given as a Python int so that no step waits to read it off the device.
+    """
+
+    def __init__(self, cu_seqlens: torch.Tensor, max_seqlen: int, total_tokens: int):
+        self.cu_seqlens = cu_seqlens
+        self.max_seqlen = int(max_seqlen)
+        self.batch = cu_seqlens.shape[0] - 1
+        starts = cu_seqlens[:-1].long()
+        lengths = cu_seqlens[1:].long() - starts
+        # output_size: the total is known on the host, so repeat_interleave need not sync.
+        sequence = torch.repeat_interleave(torch.arange(self.batch, device=cu_seqlens.device), lengths,
+                                           output_size=total_tokens)
+        self.starts = starts  # [B]: each sequence's first token ([CLS])
+        self.positions = torch.arange(total_tokens, device=cu_seqlens.device) - starts[sequence]  # [T]
+        self.slots = sequence * self.max_seqlen + self.positions  # [T]: the token's place in [B * Lmax]
+        self.mask = torch.arange(self.max_seqlen, device=cu_seqlens.device) < lengths[:, None]  # [B, Lmax]
+
+    def pad(self, tokens: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+        """[T, ...] -> [B, Lmax, ...], ``fill`` in the padding."""
+        padded = tokens.new_full((self.batch * self.max_seqlen, *tokens.shape[1:]), fill)
+        return padded.index_copy(0, self.slots, tokens).unflatten(0, (self.batch, self.max_seqlen))
+
+    def unpad(self, padded: torch.Tensor) -> torch.Tensor:
+        """[B, Lmax, ...] -> [T, ...]: the real tokens, in packed order."""
+        return padded.flatten(0, 1).index_select(0, self.slots)
+
+
 ATTENTION_BACKENDS: dict[str, Backend] = {
     "eager": eager_attention,
     "sdpa": sdpa_attention,

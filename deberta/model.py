@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import ATTENTION_BACKENDS, get_backend
+from .attention import ATTENTION_BACKENDS, Packing, get_backend
 from .presets import PRESETS
 
 ACTIVATIONS = {
@@ -285,7 +285,8 @@ class DebertaEmbeddings(nn.Module):
         if inputs_embeds is None:
             inputs_embeds = self.word_embeddings(input_ids)
         batch, length = inputs_embeds.shape[:2]
-        if self.config.position_biased_input and length > self.config.max_position_embeddings:
+        if self.config.position_biased_input and position_ids is None \
+                and length > self.config.max_position_embeddings:
             raise ValueError(f"sequence length {length} exceeds max_position_embeddings="
                              f"{self.config.max_position_embeddings}")
         position_embeddings = None
@@ -340,15 +341,27 @@ class DisentangledSelfAttention(nn.Module):
 
     def forward(self, hidden_states, mask, rel_embeddings, rel_index, query_states=None, query_positions=None):
         """``query_positions`` [B, M]: the queries are ``query_states`` [B, M, H] at those
-        positions only (the enhanced mask decoder at the masked tokens)."""
+        positions only (the enhanced mask decoder at the masked tokens).
+
+        ``mask`` a ``Packing``: the states are packed tokens [T, hidden]; they are projected
+        as they are, and only the attention itself runs padded, on [B, Lmax]."""
+        packing = mask if isinstance(mask, Packing) else None
+        if packing is not None:
+            if query_states is not None:
+                raise ValueError("packed inputs take no separate query states (run the enhanced mask decoder "
+                                 "on a padded batch)")
+            mask = packing.mask
         query_mask = mask
         if query_states is None:
             query_states = hidden_states
         if query_positions is not None:
             rel_index, query_mask = rel_index[query_positions], None  # [B, M, L]; targets are real tokens
-        query = self.split_heads(self.query_proj(query_states))
-        key = self.split_heads(self.key_proj(hidden_states))
-        value = self.split_heads(self.value_proj(hidden_states))
+        def heads(projected):  # [..., L, H*d] -> [..., H, L, d], packed tokens first padded
+            return self.split_heads(projected if packing is None else packing.pad(projected))
+
+        query = heads(self.query_proj(query_states))
+        key = heads(self.key_proj(hidden_states))
+        value = heads(self.value_proj(hidden_states))
         pos_key = pos_query = None
         if self.pos_att_type:
             rel_embeddings = self.pos_dropout(rel_embeddings)
@@ -362,7 +375,8 @@ class DisentangledSelfAttention(nn.Module):
                 pos_query = self.split_heads(query_proj(rel_embeddings))
         context = self.backend(query, key, value, pos_key, pos_query, rel_index, mask, self.scale,
                                dropout_p=self.dropout_p if self.training else 0.0, query_mask=query_mask)
-        return context.transpose(-2, -3).flatten(-2)
+        context = context.transpose(-2, -3).flatten(-2)
+        return context if packing is None else packing.unpad(context)
 
 
 class ResidualOutput(nn.Module):
@@ -425,6 +439,9 @@ class ConvLayer(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, layer_input, layer_output, mask):
+        if isinstance(mask, Packing):  # the convolution slides along each sequence, padded with zeros
+            out = mask.unpad(self.conv(mask.pad(layer_input).transpose(1, 2)).transpose(1, 2))
+            return self.LayerNorm(layer_output + self.act(self.dropout(out)))
         out = self.conv(layer_input.transpose(1, 2)).transpose(1, 2)
         keep = None if mask is None else mask.unsqueeze(-1).to(layer_output.dtype)
         if keep is not None:
@@ -471,9 +488,12 @@ class DebertaEncoder(nn.Module):
         return layer(*args)
 
     def forward(self, hidden_states, mask):
-        """Returns the outputs of every layer, the input embeddings first."""
+        """Returns the outputs of every layer, the input embeddings first. ``mask``: the
+        padding mask [B, L] of ``hidden_states`` [B, L, hidden], or a ``Packing`` of packed
+        ``hidden_states`` [T, hidden]."""
         rel_embeddings = self.relative_embeddings()
-        rel_index = self.relative_index(hidden_states.shape[1], hidden_states.device)
+        length = mask.max_seqlen if isinstance(mask, Packing) else hidden_states.shape[1]
+        rel_index = self.relative_index(length, hidden_states.device)
         states = [hidden_states]
         for i, layer in enumerate(self.layer):
             output = self.run_layer(layer, states[-1], mask, rel_embeddings, rel_index)
@@ -491,6 +511,14 @@ class BackboneOutput:
     last_hidden_state: torch.Tensor
     hidden_states: list = field(default_factory=list)  # embeddings, then each layer
     position_embeddings: Optional[torch.Tensor] = None  # absolute, for the mask decoder
+    packing: Optional[Packing] = None  # packed inputs: the states are [T, hidden]
+
+    def first_tokens(self) -> torch.Tensor:
+        """Each sequence's first ([CLS]) state, as [B, 1, hidden] packed or [B, L, hidden]
+        padded: what ``ContextPooler`` reads position 0 of."""
+        if self.packing is None:
+            return self.last_hidden_state
+        return self.last_hidden_state.index_select(0, self.packing.starts).unsqueeze(1)
 
 
 def init_weights(module: nn.Module, std: float) -> None:
@@ -544,9 +572,16 @@ class DebertaModel(DebertaPreTrained):
         self.init_weights()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None) -> BackboneOutput:
+                inputs_embeds=None, cu_seqlens=None, max_seqlen=None) -> BackboneOutput:
+        """Padded inputs [B, L] with ``attention_mask``, or packed ones: ``input_ids`` [T] (and
+        ``token_type_ids`` [T]) of B sequences laid end to end, ``cu_seqlens`` [B+1] their
+        cumulative lengths (0 first) and ``max_seqlen`` the longest, a Python int. Absolute
+        positions restart at each sequence; the states come out packed, [T, hidden]."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if cu_seqlens is not None:
+            return self._forward_packed(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                                        cu_seqlens, max_seqlen)
         # No mask means every token is real: the masking work is skipped, not done on ones.
         if attention_mask is not None and attention_mask.dim() != 2:
             raise ValueError(f"attention_mask must be [batch, length], got shape {tuple(attention_mask.shape)}")
@@ -554,6 +589,27 @@ class DebertaModel(DebertaPreTrained):
                                                           attention_mask, inputs_embeds)
         states = self.encoder(embeddings, attention_mask)
         return BackboneOutput(states[-1], states, position_embeddings)
+
+    def _forward_packed(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                        cu_seqlens, max_seqlen) -> BackboneOutput:
+        tokens = input_ids if input_ids is not None else inputs_embeds
+        if attention_mask is not None or max_seqlen is None or tokens.dim() != (1 if input_ids is not None else 2):
+            raise ValueError("packed inputs are input_ids [T] (or inputs_embeds [T, E]) with cu_seqlens and "
+                             f"max_seqlen and no attention_mask; got input shape {tuple(tokens.shape)}, "
+                             f"max_seqlen={max_seqlen}, attention_mask "
+                             f"{'given' if attention_mask is not None else 'absent'}")
+        packing = Packing(cu_seqlens, max_seqlen, tokens.shape[0])
+        if position_ids is None:
+            position_ids = packing.positions
+
+        def as_row(x):  # [T, ...] -> [1, T, ...]: one row, so the embeddings see a batch
+            return None if x is None else x.unsqueeze(0)
+
+        embeddings, position_embeddings = self.embeddings(as_row(input_ids), as_row(token_type_ids),
+                                                          as_row(position_ids), None, as_row(inputs_embeds))
+        states = self.encoder(embeddings.squeeze(0), packing)
+        position_embeddings = None if position_embeddings is None else position_embeddings.squeeze(0)
+        return BackboneOutput(states[-1], states, position_embeddings, packing)
 
 
 # ---------------------------------------------------------------------------------------
@@ -743,7 +799,8 @@ def _classifier_dropout(config: DebertaConfig) -> nn.Dropout:
 
 class DebertaForSequenceClassification(DebertaPreTrained):
     """Classification (num_labels >= 2; labels < 0 are ignored) or regression
-    (num_labels == 1, mean squared error)."""
+    (num_labels == 1, mean squared error). Packed inputs (``cu_seqlens``): the same
+    logits [B, num_labels], read at each sequence's first token."""
 
     head = "sequence_classification"
 
@@ -756,9 +813,10 @@ class DebertaForSequenceClassification(DebertaPreTrained):
         self.init_weights()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                labels=None, inputs_embeds=None) -> HeadOutput:
-        out = self.deberta(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
-        logits = self.classifier(self.dropout(self.pooler(out.last_hidden_state)))
+                labels=None, inputs_embeds=None, cu_seqlens=None, max_seqlen=None) -> HeadOutput:
+        out = self.deberta(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, cu_seqlens,
+                           max_seqlen)
+        logits = self.classifier(self.dropout(self.pooler(out.first_tokens())))
         loss = None
         if labels is not None:
             if self.config.num_labels == 1:
@@ -771,7 +829,8 @@ class DebertaForSequenceClassification(DebertaPreTrained):
 
 
 class DebertaForTokenClassification(DebertaPreTrained):
-    """Per-token labels (NER); label -100 marks positions without a label."""
+    """Per-token labels (NER); label -100 marks positions without a label. Packed inputs:
+    logits and labels [T, ...], one row per real token."""
 
     head = "token_classification"
 
@@ -783,18 +842,23 @@ class DebertaForTokenClassification(DebertaPreTrained):
         self.init_weights()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                labels=None, inputs_embeds=None) -> HeadOutput:
-        out = self.deberta(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
+                labels=None, inputs_embeds=None, cu_seqlens=None, max_seqlen=None) -> HeadOutput:
+        out = self.deberta(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, cu_seqlens,
+                           max_seqlen)
         logits = self.classifier(self.dropout(out.last_hidden_state))
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.flatten(), ignore_index=-100)
         return HeadOutput(logits, loss, out.last_hidden_state)
 
 
 class DebertaForQuestionAnswering(DebertaPreTrained):
     """Span extraction: start and end logits per token, logits [B, L, 2]. For SQuAD 2.0
-    an unanswerable question points start and end at [CLS] (position 0)."""
+    an unanswerable question points start and end at [CLS] (position 0).
+
+    Packed inputs: logits [T, 2]; positions count from each sequence's first token, and
+    each sequence's softmax spans its own tokens (a padded batch's spans its padding too,
+    as in the reference heads, so the two losses differ slightly; the logits do not)."""
 
     head = "question_answering"
 
@@ -805,22 +869,28 @@ class DebertaForQuestionAnswering(DebertaPreTrained):
         self.init_weights()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                start_positions=None, end_positions=None, inputs_embeds=None) -> HeadOutput:
-        out = self.deberta(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
+                start_positions=None, end_positions=None, inputs_embeds=None, cu_seqlens=None,
+                max_seqlen=None) -> HeadOutput:
+        out = self.deberta(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, cu_seqlens,
+                           max_seqlen)
         logits = self.qa_outputs(out.last_hidden_state)
         loss = None
         if start_positions is not None and end_positions is not None:
+            scores = logits.float()
+            if out.packing is not None:  # [B, Lmax, 2]: no sequence's padding can be chosen
+                scores = out.packing.pad(scores, fill=torch.finfo(scores.dtype).min)
             # Answers cut off by the window are ignored, as in the reference heads.
-            length = logits.shape[1]
+            length = scores.shape[1]
             start = start_positions.view(-1).clamp(0, length)
             end = end_positions.view(-1).clamp(0, length)
-            loss = (F.cross_entropy(logits[..., 0].float(), start, ignore_index=length)
-                    + F.cross_entropy(logits[..., 1].float(), end, ignore_index=length)) / 2
+            loss = (F.cross_entropy(scores[..., 0], start, ignore_index=length)
+                    + F.cross_entropy(scores[..., 1], end, ignore_index=length)) / 2
         return HeadOutput(logits, loss, out.last_hidden_state)
 
 
 class DebertaForMultipleChoice(DebertaPreTrained):
-    """Inputs [B, C, L] (C choices); logits [B, C]; labels the index of the right choice."""
+    """Inputs [B, C, L] (C choices); logits [B, C]; labels the index of the right choice.
+    Packed inputs: each choice one sequence (example 0's C choices first), ``num_choices`` C."""
 
     head = "multiple_choice"
 
@@ -833,7 +903,13 @@ class DebertaForMultipleChoice(DebertaPreTrained):
         self.init_weights()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                labels=None, inputs_embeds=None) -> HeadOutput:
+                labels=None, inputs_embeds=None, cu_seqlens=None, max_seqlen=None,
+                num_choices: Optional[int] = None) -> HeadOutput:
+        if cu_seqlens is not None:
+            if num_choices is None:
+                raise ValueError("packed multiple-choice inputs need num_choices (sequences per example)")
+            out = self.deberta(input_ids, None, token_type_ids, position_ids, inputs_embeds, cu_seqlens, max_seqlen)
+            return self._choose(out, num_choices, labels)
         reference = input_ids if input_ids is not None else inputs_embeds
         n_choices = reference.shape[1]
 
@@ -842,7 +918,10 @@ class DebertaForMultipleChoice(DebertaPreTrained):
 
         out = self.deberta(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
                            flat(inputs_embeds))
-        logits = self.classifier(self.dropout(self.pooler(out.last_hidden_state))).view(-1, n_choices)
+        return self._choose(out, n_choices, labels)
+
+    def _choose(self, out: BackboneOutput, n_choices: int, labels) -> HeadOutput:
+        logits = self.classifier(self.dropout(self.pooler(out.first_tokens()))).view(-1, n_choices)
         loss = F.cross_entropy(logits.float(), labels.view(-1)) if labels is not None else None
         return HeadOutput(logits, loss, out.last_hidden_state)
 
