@@ -36,7 +36,7 @@ from typing import Any, Optional, Sequence
 import yaml
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
 
-from .errors import DEBUG_FLAG, DEBUG_HELP
+from .errors import DEBUG_FLAG, DEBUG_HELP, process_rank
 
 TRUE_WORDS = ("true", "yes", "on", "1")
 FALSE_WORDS = ("false", "no", "off", "0")
@@ -73,6 +73,9 @@ class Command:
                                  help="YAML or JSON file of flag values; flags on the command line win")
         # Read by deberta.errors.run_command, which every entry point runs under.
         self.parser.add_argument(DEBUG_FLAG, action="store_true", help=DEBUG_HELP)
+        if process_rank() != 0:
+            # Under a launcher every rank parses the same command line: rank 0 alone says what is wrong.
+            self.parser.error = _exit_quietly
         for name, keywords in (extra or {}).items():
             self.parser.add_argument(f"--{name}", **keywords)
         self.booleans: set[str] = set()
@@ -177,6 +180,10 @@ class Command:
 
     def parse(self, argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         return self.build(self.parse_namespace(argv))
+
+
+def _exit_quietly(message: str, ex: Optional[Exception] = None) -> None:
+    raise SystemExit(2)
 
 
 def _list_items(value: str) -> list:

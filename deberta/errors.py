@@ -29,8 +29,10 @@ DEBUG_ENV = "DEBERTA_DEBUG"
 DEBUG_FLAG = "--debug"
 DEBUG_HELP = f"print the traceback of an error as well (or set {DEBUG_ENV}=1)"
 
-# The launchers' rank variables, for errors met before (or after) the process group exists.
-_RANK_VARIABLES = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID")
+# The launchers' (rank, size) variables, for errors met before (or after) the process group
+# exists; a rank variable counts only beside its size, as launchers set them.
+_RANK_VARIABLES = (("RANK", "WORLD_SIZE"), ("PMI_RANK", "PMI_SIZE"),
+                   ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS"))
 # No space left, over quota, over the process's file-size limit: one rank's own writes may meet them.
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
@@ -64,9 +66,9 @@ def process_rank() -> int:
         import torch.distributed as dist
         if dist.is_available() and dist.is_initialized():
             return dist.get_rank()
-    for name in _RANK_VARIABLES:
-        if os.environ.get(name, "").isdigit():
-            return int(os.environ[name])
+    for rank, size in _RANK_VARIABLES:
+        if os.environ.get(rank, "").isdigit() and os.environ.get(size, "").isdigit() and int(os.environ[size]) > 1:
+            return int(os.environ[rank])
     return 0
 
 

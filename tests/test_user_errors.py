@@ -214,6 +214,7 @@ def test_finetune_reports_model_folder_problems(model_folder, glue_files, tmp_pa
 # --- the reporter ----------------------------------------------------------------------------
 
 def test_only_rank_zero_reports_an_error_every_rank_meets(capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     assert report(SettingsError("--x is wrong"), debug=False) == 2
     assert capsys.readouterr().err == ""
@@ -224,6 +225,24 @@ def test_only_rank_zero_reports_an_error_every_rank_meets(capsys, monkeypatch):
     monkeypatch.setenv("RANK", "0")
     assert report(SettingsError("--x is wrong"), debug=False) == 2
     assert capsys.readouterr().err == "error: --x is wrong\n"
+
+
+def test_only_rank_zero_reports_a_bad_command_line(capsys, monkeypatch):
+    from pretrain.config import parse_args
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--data_dir", "d", "--max_steps", "0"])
+    assert exited.value.code == 2 and capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--data_dir", "d", "--max_steps", "0"])
+    assert exited.value.code == 2 and "max_steps=0" in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv("WORLD_SIZE")  # a RANK left in a shell, no launcher: not a rank of a job
+    with pytest.raises(SystemExit):
+        parse_args(["--data_dir", "d", "--max_steps", "0"])
+    assert "max_steps=0" in capsys.readouterr().err
 
 
 # --- as a user at a shell sees it -------------------------------------------------------------
