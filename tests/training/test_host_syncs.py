@@ -12,7 +12,6 @@ non-finite flag and the stop request reach the host in the agreement's one copy
 """
 from __future__ import annotations
 
-import sys
 import traceback
 from pathlib import Path
 
@@ -156,7 +155,7 @@ def pretrain_steps(shards: Path, output: Path, objective: str, steps: int, injec
         shutdown()
 
 
-@pytest.mark.parametrize("objective", ["mlm", "rtd"])
+@pytest.mark.parametrize("objective", ["mlm", pytest.param("rtd", marks=pytest.mark.slow)])
 def test_pretraining_steps_wait_only_for_the_agreement(shards, tmp_path, monkeypatch, agreements, objective):
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")
     waits, engines = pretrain_steps(shards, tmp_path / "run", objective, steps=2, agreements=agreements)
@@ -188,6 +187,7 @@ def test_an_item_in_the_step_is_caught(shards, tmp_path, monkeypatch, agreements
     assert all("forward_and_print" in where for _, where in ours)
 
 
+@pytest.mark.slow
 def test_exact_target_count_is_a_host_wait_and_the_fixed_count_is_not(shards, tmp_path, monkeypatch, agreements):
     """--max_preds_per_seq -1 (outputs at exactly the targets) makes the host count them."""
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")
@@ -195,6 +195,7 @@ def test_exact_target_count_is_a_host_wait_and_the_fixed_count_is_not(shards, tm
     assert any("deberta/model.py" in where for _, where in waits.ours()), waits.ours()
 
 
+@pytest.mark.slow
 def test_finetuning_steps_wait_only_for_the_agreement(tmp_path, monkeypatch, agreements):
     """A few SST-2-style steps: only the agreement and the evaluation (outside the step) read values."""
     from finetune.config import FinetuneConfig
@@ -212,8 +213,8 @@ def test_finetuning_steps_wait_only_for_the_agreement(tmp_path, monkeypatch, agr
     rows = [f"{s}\t{i % 2}\n" for i, s in enumerate(sentences * 6)]
     (tmp_path / "train.tsv").write_text("sentence\tlabel\n" + "".join(rows))
     (tmp_path / "dev.tsv").write_text("sentence\tlabel\n" + "".join(rows[:8]))
-    config = FinetuneConfig.create(task="sst-2", model=str(model), data_dir=str(tmp_path), output_dir=str(tmp_path / "out"),
-                                   max_steps=4, batch_size=4, grad_accum=2, log_interval=100, tensorboard=False,
+    config = FinetuneConfig.create(task="sst-2", model=str(model), data_dir=str(tmp_path),
+                                   output_dir=str(tmp_path / "out"), max_steps=4, batch_size=4, grad_accum=2, log_interval=100, tensorboard=False,
                                    save_best=False)
     try:
         trainer = Trainer(config)
