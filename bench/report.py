@@ -54,7 +54,10 @@ repository root, the project installed) and then `python -m bench.report`.
 Benchmarks run the reference implementation in the same run and report the ratio, so that
 a slower or busier machine moves both sides. CPU step times on a shared 2-core machine vary
 by about 20 % from run to run; the load average at the end of the run is recorded.
-`bash bench/gpu_check.sh` runs the GPU tests and takes the GPU figures on a machine with a GPU.
+No GPU figure has been measured yet: every figure below comes from a CPU. `bash bench/gpu_check.sh`
+takes them on a machine with a GPU (one run: the attention backends, including the fused
+`triton` kernels, against transformers eager, compiled and with disentangled-flash), then
+runs the GPU tests.
 """
 
 

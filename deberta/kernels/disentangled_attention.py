@@ -487,11 +487,16 @@ def relative_layout(rel_index: torch.Tensor, length: int, span: int) -> Relative
 # ---------------------------------------------------------------------------------------
 # Launch and autograd
 # ---------------------------------------------------------------------------------------
-def _blocks(head_dim: int) -> tuple[int, int, int]:
-    """(BLOCK_M = BLOCK_N, WINDOW, num_warps). The interpreter is slow per element: small tiles."""
+def _blocks(head_dim: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M = BLOCK_N, WINDOW, num_warps, num_stages). The interpreter's cost is per
+    operation, not per element: tiles of 32 keep its runs short while still covering several
+    blocks in the tests. On GPUs untuned; head size 128 with one stage keeps the backward's
+    shared memory under 100 KB."""
     if INTERPRETED:
-        return 32, 64, 1
-    return 64, 128, 4 if head_dim <= 64 else 8
+        return 32, 64, 1, 1
+    if head_dim <= 64:
+        return 64, 128, 4, 2
+    return 64, 128, 8, 1
 
 
 def _strides(t: torch.Tensor) -> tuple[int, int, int]:
@@ -510,7 +515,7 @@ class FusedDisentangledAttention(torch.autograd.Function):
     def forward(ctx, query, key, value, pos_key, pos_query, layout, key_mask, query_mask, scale, dropout_p, seed):
         batch, heads, query_length, head_dim = query.shape
         length = key.shape[2]
-        block, window, warps = _blocks(head_dim)
+        block, window, warps, stages = _blocks(head_dim)
         # [B, Lq, H, d] in memory, viewed as [B, H, Lq, d]: the caller's transpose back is free.
         out = query.new_empty(batch, query_length, heads, head_dim).transpose(1, 2)
         lse = torch.empty(batch, heads, query_length, dtype=torch.float32, device=query.device)
@@ -526,7 +531,7 @@ class FusedDisentangledAttention(torch.autograd.Function):
             *args["rel_strides"], args["spos_b"], args["skm_b"], args["sqm_b"],
             heads, query_length, length,
             **_flags(pos_key, pos_query, key_mask, query_mask, layout, dropout_p, query),
-            BLOCK_M=block, BLOCK_N=block, HEAD_DIM=head_dim, WINDOW=window, num_warps=warps, num_stages=2)
+            BLOCK_M=block, BLOCK_N=block, HEAD_DIM=head_dim, WINDOW=window, num_warps=warps, num_stages=stages)
         ctx.save_for_backward(query, key, value, pos_key, pos_query, out, lse, key_mask, query_mask)
         ctx.layout, ctx.scale, ctx.dropout_p, ctx.seed = layout, scale, dropout_p, seed
         return out
@@ -537,7 +542,7 @@ class FusedDisentangledAttention(torch.autograd.Function):
         layout, scale, dropout_p, seed = ctx.layout, ctx.scale, ctx.dropout_p, ctx.seed
         batch, heads, query_length, head_dim = query.shape
         length = key.shape[2]
-        block, window, warps = _blocks(head_dim)
+        block, window, warps, stages = _blocks(head_dim)
         if grad_out.stride(-1) != 1:
             grad_out = grad_out.contiguous()
         row_delta = (grad_out.float() * out.float()).sum(-1)  # [B, H, Lq]: rowsum(dO * O)
@@ -551,7 +556,7 @@ class FusedDisentangledAttention(torch.autograd.Function):
         pos_key_arg = pos_key if pos_key is not None else dummy
         pos_query_arg = pos_query if pos_query is not None else dummy
         common = dict(BLOCK_M=block, BLOCK_N=block, HEAD_DIM=head_dim, WINDOW=window, num_warps=warps,
-                      num_stages=2, **flags)
+                      num_stages=stages, **flags)
         _backward_key_kernel[(triton.cdiv(length, block), batch * heads)](
             query, key, value, grad_out, lse, row_delta, dk, dv, by_distance[1], pos_key_arg, pos_query_arg,
             args["table"], args["positions"], args["inverse"], args["key_mask"], args["query_mask"],
