@@ -56,6 +56,8 @@ class TaskConfig:
                                                    "longest_first (the longer text loses its last tokens) or "
                                                    "official (it loses its first or last token at random, "
                                                    "seeded, as the official data code)")
+    unpadded: bool = option(False, "pack each batch's sequences end to end with no padding (cumulative "
+                                   "lengths): same results, the per-token work done on real tokens only")
     doc_stride: int = option(128, "squad: tokens between the starts of context windows")
     max_query_length: int = option(64, "squad: question tokens kept")
     max_answer_length: int = option(30, "squad: longest predicted answer in tokens")

@@ -208,3 +208,55 @@ def pad_batch(features: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
             length = max(len(v) for v in values)
             batch[name] = torch.tensor([v + [fill] * (length - len(v)) for v in values])
     return batch
+
+
+def pack_batch(features: list[dict]) -> dict:
+    """The batch with no padding: every sequence's tokens end to end, ``input_ids`` [T],
+    with ``cu_seqlens`` [B+1] (int32, 0 first) and ``max_seqlen`` (an int) saying where
+    each starts (deberta.model takes these in place of an attention mask). Multiple-choice
+    inputs [C, L] become C sequences each, example after example, with ``num_choices``.
+
+    Per-token labels are concatenated like the tokens; scalar labels and answer positions
+    (counted from each sequence's first token, as padded) stack as in ``pad_batch``.
+    """
+    batch: dict = {}
+    choices = isinstance(features[0]["input_ids"][0], list)
+    sequences = [c for f in features for c in f["input_ids"]] if choices else [f["input_ids"] for f in features]
+    lengths = [len(s) for s in sequences]
+    for name in features[0]:
+        if name.startswith("_") or name == "attention_mask":  # bookkeeping; the lengths say what is real
+            continue
+        values = [f[name] for f in features]
+        if not isinstance(values[0], list):
+            dtype = torch.float if isinstance(values[0], float) else torch.long
+            batch[name] = torch.tensor(values, dtype=dtype)
+        else:
+            flat = [c for v in values for c in v] if choices else values
+            batch[name] = torch.tensor([token for sequence in flat for token in sequence], dtype=torch.long)
+    batch["cu_seqlens"] = torch.tensor([0] + lengths, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    batch["max_seqlen"] = max(lengths)
+    if choices:
+        batch["num_choices"] = len(features[0]["input_ids"])
+    return batch
+
+
+def is_packed(batch: dict) -> bool:
+    return "cu_seqlens" in batch
+
+
+def real_tokens(batch: dict) -> torch.Tensor:
+    """The number of real (not padding) tokens of a padded or packed batch, as a tensor."""
+    return batch["cu_seqlens"][-1] if is_packed(batch) else batch["attention_mask"].sum()
+
+
+def example_outputs(batch: dict, logits, per_token: bool) -> list:
+    """One output per feature from a batch's logits (numpy): rows of [B, ...] logits, or
+    with ``per_token`` each feature's real tokens, [L_i, ...], cut from [B, L, ...] padded
+    or [T, ...] packed logits."""
+    if not per_token:
+        return list(logits)
+    if is_packed(batch):
+        bounds = batch["cu_seqlens"].tolist()
+        return [logits[start:end] for start, end in zip(bounds[:-1], bounds[1:])]
+    lengths = batch["attention_mask"].sum(-1).tolist()
+    return [row[:length] for row, length in zip(logits, lengths)]

@@ -46,7 +46,7 @@ from training.sync import NonFiniteLoss, StepTotals, check_finite, stop_requeste
 from .checkpoint import (CHECKPOINT_FILE, CheckpointManager, EpochOrder, ResumeError, StopSignal, check_same_run,
                          run_settings)
 from .config import DEFAULT_MICRO_BATCH, FinetuneConfig
-from .data import FeatureDataset, Split
+from .data import FeatureDataset, Split, example_outputs, real_tokens
 from .sift import SiFT
 from .tasks import build_task
 
@@ -317,14 +317,14 @@ class Trainer:
     def _train_micro_batch(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward (with SiFT's adversarial term) and backward; the loss, detached, and the
         number of real tokens, both on the device."""
-        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         output = self.engine(**batch)
         loss = output.loss
         if self.sift is not None:
             loss = loss + self.sift.loss(lambda: self.engine(**batch).logits, output.logits,
                                          lambda perturbed, clean: self.task.divergence(perturbed, clean, batch))
         self.engine.backward(loss)
-        return loss.detach().float(), batch["attention_mask"].sum()
+        return loss.detach().float(), real_tokens(batch)
 
     def _log_training(self, epoch: int, loss: float, throughput: Throughput, started: float, start_step: int) -> None:
         lr = self.engine.get_lr()[0]
@@ -354,16 +354,14 @@ class Trainer:
         for b in range(n_batches):
             chunk = indices[b * batch_size:(b + 1) * batch_size]
             batch = self.task.collate([split.features[i] for i in chunk or [0]])
-            batch = {k: v.to(self.device) for k, v in batch.items()}
+            batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             output = self.engine(**batch)
             if not chunk:
                 continue  # a filler batch, run only to keep the ranks in step
             if output.loss is not None:
                 losses.append((output.loss.float().item(), len(chunk)))
             logits = output.logits.float().cpu().numpy()
-            lengths = batch["attention_mask"].sum(-1).tolist()
-            for i, index in enumerate(chunk):
-                outputs.append((index, logits[i, :lengths[i]] if self.task.per_token_logits else logits[i]))
+            outputs.extend(zip(chunk, example_outputs(batch, logits, self.task.per_token_logits)))
         if self.world_size > 1:
             gathered = [None] * self.world_size
             dist.all_gather_object(gathered, (outputs, losses))

@@ -7,7 +7,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..data import DataError, Split, pad_batch
+from ..data import DataError, Split, pack_batch, pad_batch
 from ..sift import symmetric_kl
 
 TASKS: dict[str, Callable[..., "Task"]] = {}
@@ -103,7 +103,10 @@ class Task:
         """Written into the best model's config.json, so predictions can be read back."""
         return {"task": self.config.task}
 
-    def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
+    def collate(self, features: list[dict]) -> dict:
+        """Padded to the longest in the batch, or with --unpadded packed end to end."""
+        if self.config.unpadded:
+            return pack_batch(features)
         return pad_batch(features, self.tokenizer.pad_token_id)
 
     def divergence(self, perturbed: torch.Tensor, clean: torch.Tensor, batch: dict) -> torch.Tensor:

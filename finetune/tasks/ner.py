@@ -137,4 +137,4 @@ class NerTask(Task):
 
     def divergence(self, perturbed: torch.Tensor, clean: torch.Tensor, batch: dict) -> torch.Tensor:
         """Per-token distributions, counting the real tokens only."""
-        return symmetric_kl(perturbed, clean, mask=batch["attention_mask"], reduction="none")
+        return symmetric_kl(perturbed, clean, mask=batch.get("attention_mask"), reduction="none")  # packed: all real

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from deberta.atomic import atomic_write
+from deberta.attention import Packing
 
 from .. import metrics as M
-from ..data import DataError, Split, TruncationCounter
+from ..data import DataError, Split, TruncationCounter, is_packed
 from ..sift import symmetric_kl
 from .base import Task, register
 
@@ -232,7 +233,12 @@ class SquadTask(Task):
 
     def divergence(self, perturbed: torch.Tensor, clean: torch.Tensor, batch: dict) -> torch.Tensor:
         """Start and end distributions over the positions; padding cannot be chosen."""
-        padding = ~batch["attention_mask"].bool().unsqueeze(-1)
+        if is_packed(batch):  # [T, 2] -> [B, Lmax, 2]
+            packing = Packing(batch["cu_seqlens"], batch["max_seqlen"], perturbed.shape[0])
+            perturbed, clean, padding = packing.pad(perturbed), packing.pad(clean), ~packing.mask.unsqueeze(-1)
+        else:
+            padding = ~batch["attention_mask"].bool().unsqueeze(-1)
+
         def over_positions(logits):  # [B, L, 2] -> [B, 2, L]
             return logits.float().masked_fill(padding, -1e4).transpose(1, 2)
         return symmetric_kl(over_positions(perturbed), over_positions(clean), reduction="none")
