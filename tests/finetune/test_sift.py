@@ -151,3 +151,22 @@ def test_sift_loss_trains_the_model_only_through_the_adversarial_term(tiny_model
     model.eval()
     assert torch.equal(model(**batch).logits, model(**batch).logits)
     assert sift.perturbation.delta is None and not sift.perturbation.active
+
+
+def test_every_task_gives_one_divergence_per_row_that_counts(tiny_model):
+    """SiFT sums the rows for its probe and averages them for its loss: each task's
+    divergence returns one value per row (classes, tokens of NER, start/end of SQuAD)."""
+    from finetune.config import FinetuneConfig
+    from finetune.tasks import build_task
+    from deberta import load_tokenizer
+    tokenizer = load_tokenizer(tiny_model)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    cases = {"sst-2": ((2, 2), 2), "sts-b": ((2, 1), 2), "ner": ((2, 4, 5), 5), "squad": ((2, 4, 2), 4),
+             "race": ((2, 4), 2)}
+    for task, (shape, rows) in cases.items():
+        config = FinetuneConfig.create(task=task, model=tiny_model, output_dir="o", data_dir="d").run
+        divergence = build_task(config, tokenizer).divergence
+        clean = torch.randn(shape)
+        per_row = divergence(clean + 0.5 * torch.randn(shape), clean, {"attention_mask": mask})
+        assert per_row.shape == (rows,) and (per_row > 0).all(), task
+        assert torch.equal(divergence(clean, clean, {"attention_mask": mask}), torch.zeros(rows)), task
