@@ -30,7 +30,7 @@ def _kernels():
     return disentangled_attention
 
 
-def unsupported_reason(query, key, pos_key, pos_query) -> str | None:
+def unsupported_reason(query, key) -> str | None:
     """Why the fused kernels cannot take these inputs, or None when they can."""
     kernels = _kernels()
     if kernels is None:
@@ -68,7 +68,7 @@ def triton_attention(query, key, value, pos_key, pos_query, rel_index, mask, sca
                      dropout_p: float = 0.0, query_mask=None):
     """The backend: fused Triton kernels, or ``sdpa`` where they cannot run (logged once)."""
     args = (query, key, value, pos_key, pos_query, rel_index, mask, scale)
-    reason = unsupported_reason(query, key, pos_key, pos_query)
+    reason = unsupported_reason(query, key)
     layout = None
     relative = pos_key if pos_key is not None else pos_query
     if reason is None and relative is not None:

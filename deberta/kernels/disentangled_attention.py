@@ -112,6 +112,8 @@ def _interpreter_compatibility() -> None:
 if INTERPRETED:
     _interpreter_compatibility()
 
+_LOG2E = 1.4426950408889634  # scores are kept in log2 units: exp2 is the hardware's exponential
+
 # A masked pair's score (log2 units): finite, so that a query whose every key is masked
 # gets a uniform distribution over all keys, as the reference's finfo.min fill gives.
 MASKED_SCORE = tl.constexpr(-1.0e30)
@@ -521,7 +523,7 @@ class FusedDisentangledAttention(torch.autograd.Function):
         lse = torch.empty(batch, heads, query_length, dtype=torch.float32, device=query.device)
         relative = pos_key if pos_key is not None else pos_query
         dummy = query.new_empty(0)
-        args = _launch_args(query, key, value, relative, layout, key_mask, query_mask, dummy)
+        args = _launch_args(relative, layout, key_mask, query_mask, dummy)
         _forward_kernel[(triton.cdiv(query_length, block), batch * heads)](
             query, key, value, out, lse,
             pos_key if pos_key is not None else dummy, pos_query if pos_query is not None else dummy,
@@ -551,7 +553,7 @@ class FusedDisentangledAttention(torch.autograd.Function):
         by_distance = torch.zeros(2, heads, 2 * length - 1, head_dim, dtype=torch.float32, device=query.device)
         relative = pos_key if pos_key is not None else pos_query
         dummy = query.new_empty(0)
-        args = _launch_args(query, key, value, relative, layout, key_mask, query_mask, dummy)
+        args = _launch_args(relative, layout, key_mask, query_mask, dummy)
         flags = _flags(pos_key, pos_query, key_mask, query_mask, layout, dropout_p, query)
         pos_key_arg = pos_key if pos_key is not None else dummy
         pos_query_arg = pos_query if pos_query is not None else dummy
@@ -585,10 +587,8 @@ class FusedDisentangledAttention(torch.autograd.Function):
         return dq, dk, dv, grads[0], grads[1], None, None, None, None, None, None
 
 
-_LOG2E = 1.4426950408889634
 
-
-def _launch_args(query, key, value, relative, layout, key_mask, query_mask, dummy) -> dict:
+def _launch_args(relative, layout, key_mask, query_mask, dummy) -> dict:
     positions = layout.positions if layout is not None and layout.positions is not None else None
     inverse = layout.inverse if layout is not None and layout.inverse is not None else None
     return dict(
@@ -618,7 +618,7 @@ def fused_disentangled_attention(query, key, value, pos_key, pos_query, layout, 
     """The kernels on prepared inputs (see ``deberta.kernels.triton_attention`` for the
     checks and the fallback). ``layout``: a RelativeLayout, or None without relative terms."""
     def unit_stride(t):
-        return t if t is None or t.stride(-1) == 1 else t.contiguous()
+        return t if t.stride(-1) == 1 else t.contiguous()
 
     query, key, value = unit_stride(query), unit_stride(key), unit_stride(value)
     pos_key = None if pos_key is None else pos_key.to(query.dtype).contiguous()
