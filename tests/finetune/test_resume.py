@@ -2,6 +2,7 @@
 stopped: the same evaluations, logs, eval_results.json and best/ weights, byte for byte."""
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -77,6 +78,16 @@ def test_epoch_order_continues_mid_epoch_on_every_rank():
     again = EpochOrder(11, seed=4, rank=0, world=2)
     again.set_position(1)
     assert list(again) == list(ranks[0])
+
+
+def test_stop_signal_notes_sigterm_and_gives_the_handler_back():
+    before = signal.getsignal(signal.SIGTERM)
+    with StopSignal() as stop:
+        with stop:  # a trainer inside a --seeds loop enters it again
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.requested  # noted, not obeyed: the process goes on to the end of its step
+        assert signal.getsignal(signal.SIGTERM) == stop._note
+    assert signal.getsignal(signal.SIGTERM) == before
 
 
 def test_sigterm_saves_and_the_rerun_ends_as_an_uninterrupted_run(tmp_path, tiny_model, sentiment_files):
