@@ -222,7 +222,7 @@ class CheckpointManager:
         if dist.is_initialized() and self.world > 1:
             dist.broadcast_object_list(problem, src=0)
         if problem[0]:
-            raise self._damaged(path, problem[0])
+            raise self.damaged(path, problem[0])
         return info["trainer"]
 
     def _info(self, path: Path) -> dict:
@@ -230,7 +230,7 @@ class CheckpointManager:
             info = json.loads((path / CHECKPOINT_FILE).read_text(encoding="utf-8"))
             _ = info["files"], info["trainer"], info["world_size"]
         except (ValueError, KeyError, TypeError) as error:
-            raise self._damaged(path, f"{path / CHECKPOINT_FILE} is not readable ({error})") from None
+            raise self.damaged(path, f"{path / CHECKPOINT_FILE} is not readable ({error})") from None
         return info
 
     @staticmethod
@@ -241,11 +241,11 @@ class CheckpointManager:
                 return f"{path / name}: {'missing' if found is None else f'{found} bytes'}, saved with {size}"
         return None
 
-    def _damaged(self, path: Path, what: str) -> DamagedCheckpoint:
+    def damaged(self, path: Path, what: str) -> DamagedCheckpoint:
         earlier = [p for p in self.complete() if p != path and int(STEP_DIR.match(p.name).group(1)) <
                    int(STEP_DIR.match(path.name).group(1))] if STEP_DIR.match(path.name) else []
-        fallback = (f"it resumes from {earlier[-1].name}, the newest checkpoint before it" if earlier
-                    else "there is no earlier checkpoint: it starts the run anew")
+        fallback = (f"it takes {earlier[-1].name}, the newest checkpoint before it" if earlier
+                    else "there is no earlier checkpoint (training starts anew)")
         return DamagedCheckpoint(f"checkpoint {path} is damaged: {what}. Move it aside (mv {path} {path}.damaged) "
                                  f"and run the same command again: {fallback}")
 
@@ -282,5 +282,5 @@ class CheckpointManager:
                 raise
             # Files of the right size that do not read back (overwritten in place).
             detail = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-            raise self._damaged(path, f"a file does not read back ({type(error).__name__}: {detail})") from error
+            raise self.damaged(path, f"a file does not read back ({type(error).__name__}: {detail})") from error
         return client["trainer"] if client and "trainer" in client else info["trainer"]

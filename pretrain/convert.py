@@ -19,6 +19,7 @@ discriminator as DebertaV2Model (transformers has no RTD head class).
 from __future__ import annotations
 
 import json
+import pickle
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ import torch
 
 from deberta import build_model, export_hf, load_tokenizer, save_model
 from deberta.cli import Command, option, required
-from deberta.errors import run_command
+from deberta.errors import InputError, run_command
 from deberta.model import DebertaPreTrained
 
 from .checkpoint import CHECKPOINT_FILE, CheckpointManager, tag_of
@@ -74,7 +75,7 @@ def load_objective(checkpoint: Path, model_info: dict) -> Objective:
     state = fp32_state_dict(checkpoint, objective.engine_modules())
     result = objective.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
-        raise RuntimeError(f"{checkpoint}: weights do not match the {model_info['objective']} objective; missing "
+        raise InputError(f"{checkpoint}: weights do not match the {model_info['objective']} objective; missing "
                            f"{result.missing_keys}, unexpected {result.unexpected_keys}")
     return objective.eval()
 
@@ -83,15 +84,21 @@ def convert(checkpoint_dir: str | Path, output: str | Path, step: int | None = N
             fmt: str = "native") -> dict[str, Path]:
     """Write the objective's model folders; returns them by name ("" is ``output`` itself)."""
     checkpoint = find_checkpoint(Path(checkpoint_dir), step)
+    manager = CheckpointManager(checkpoint.parent, keep=1, rank=0, world=1)
+    model_info = manager.saved_trainer_state(checkpoint)["model"]  # its files checked against their sizes
     info = json.loads((checkpoint / CHECKPOINT_FILE).read_text(encoding="utf-8"))
-    model_info = info["trainer"]["model"]
     tokenizer = load_tokenizer(checkpoint / "tokenizer")
     output = Path(output)
     provenance = {"pretraining": {"checkpoint": str(checkpoint.resolve()), "step": info["step"],
                                   "objective": model_info["objective"],
                                   "embedding_sharing": model_info.get("embedding_sharing")}}
+    try:
+        objective = load_objective(checkpoint, model_info)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:  # files that do not read back
+        detail = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        raise manager.damaged(checkpoint, f"a file does not read back ({type(error).__name__}: {detail})") from error
     written = {}
-    for folder, model in load_objective(checkpoint, model_info).export_models().items():
+    for folder, model in objective.export_models().items():
         if fmt == "native":
             written[folder] = save_model(model, output / folder, tokenizer, extra=provenance)
         else:

@@ -211,6 +211,28 @@ def test_finetune_reports_model_folder_problems(model_folder, glue_files, tmp_pa
     assert "use --max_seq_length 64 or less" in line
 
 
+def test_pretraining_sequences_beyond_the_absolute_positions(tmp_path, capsys):
+    from pretrain.trainer import main as pretrain_main
+    assert data_prep_main(["shard", "--input", str(words_corpus(tmp_path / "a.txt")), "--tokenizer", str(SPM_MODEL),
+                           "--output", str(tmp_path / "data"), "--seq_len", "64"]) == 0
+    capsys.readouterr()
+    model = ("hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64,vocab_size=1001,"
+             "position_biased_input=true,emd_layers=0,max_position_embeddings=32,max_relative_positions=64,"
+             "position_buckets=16")
+    argv = ["--data_dir", str(tmp_path / "data"), "--output_dir", str(tmp_path / "run"), "--set_model", model,
+            "--ds_config", str(REPO / "ds_configs" / "zero1.json"), "--tensorboard", "false"]
+    with pytest.raises(SystemExit) as exited:
+        pretrain_main(argv)
+    assert exited.value.code == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"{tmp_path / 'data'} holds sequences of 64 tokens, more than the model's 32 absolute positions" in line
+    assert "max_position_embeddings=64" in line
+    with pytest.raises(SystemExit) as exited:
+        pretrain_main([*argv[:1], str(tmp_path / "nodata"), *argv[2:]])
+    assert exited.value.code == 1
+    assert "manifest.json not found" in one_error_line(capsys.readouterr().err)
+
+
 # --- the reporter ----------------------------------------------------------------------------
 
 def test_only_rank_zero_reports_an_error_every_rank_meets(capsys, monkeypatch):
