@@ -29,6 +29,7 @@ FOLDERS = {"sst-2": "SST-2", "rte": "RTE", "cola": "CoLA", "mrpc": "MRPC", "sts-
 # Recorded settings that do not change what a run computes (or hold only with SiFT on).
 NOT_COMPARED = {"output_dir", "log_interval", "progress_bar", "tensorboard", "save_best", "seeds"}
 SIFT_ONLY = {"sift_lambda", "sift_step_size", "sift_init_noise"}
+PATHS = {"model", "data_dir", "train", "dev", "test", "init_task_model"}  # relative to the repository root
 
 
 def command(task: str, data_dir: Path, model: str, output: Path, seed: int) -> list[str]:
@@ -45,8 +46,11 @@ def differences(recorded: dict, expected: dict) -> list[str]:
         for name, value in expected[section].items():
             if name in NOT_COMPARED or (name in SIFT_ONLY and not sift) or name not in recorded.get(section, {}):
                 continue
-            if recorded[section][name] != value and not (section == "engine" and name == "micro_batch_size"):
-                found.append(f"{section}.{name}: {recorded[section][name]!r} != {value!r}")
+            before = recorded[section][name]
+            if name in PATHS and before and value:  # the same file, however it was spelt
+                before, value = str(Path(before).resolve()), str(Path(value).resolve())
+            if before != value and not (section == "engine" and name == "micro_batch_size"):
+                found.append(f"{section}.{name}: {before!r} != {value!r}")
     return found
 
 
@@ -98,7 +102,8 @@ def main(argv=None) -> int:
                 if best is None:
                     raise SystemExit(f"error: {folder} did not finish with the expected settings")
             summary = json.loads((folder / "summary.json").read_text())
-            runs[seed] = {"best": best, "wall_seconds": seconds or summary.get("wall_seconds")}
+            runs[seed] = {"best": best, "wall_seconds": seconds or summary.get("wall_seconds"),
+                          "reused": seconds is None}
         metric = next(k for k in runs[args.seeds[0]]["best"] if k not in ("step", "epoch", "loss"))
         values = [runs[seed]["best"][metric] for seed in args.seeds]
         results["tasks"][task] = {"recipe": expected["recipe"]["name"], "metric": metric, "runs": runs,
@@ -116,7 +121,11 @@ def main(argv=None) -> int:
                  notes=[f"`python -m finetune --task T --data_dir {args.data_dir}/<T> --model {args.model} "
                         "--output_dir ... --seed S` and no other flag; the best dev evaluation of each run "
                         f"(one per epoch); {args.threads} thread(s) per run on a shared machine, so the times "
-                        "vary with its load."])
+                        "vary with its load.",
+                        "Runs found finished in the output folder were reused after their recorded settings "
+                        "matched, field by field, what the command resolves to: "
+                        + (", ".join(f"{task} seed {seed}" for task, entry in results["tasks"].items()
+                                     for seed, run in entry["runs"].items() if run["reused"]) or "none") + "."])
     return 0
 
 
