@@ -469,36 +469,48 @@ class RelativeLayout:
         return cls(table, positions.to(torch.int32).contiguous(), inverse)
 
 
-_LAYOUTS: dict[int, tuple] = {}  # id(rel_index) -> (weak reference, version, length, span, layout)
+_LAYOUTS: dict[tuple, tuple] = {}  # (id(owner), view, length, span) -> (weak ref to owner, version, layout)
 
 
 def relative_layout(rel_index: torch.Tensor, length: int, span: int) -> RelativeLayout:
-    """RelativeLayout.of, cached for the tensor object: every layer of a forward pass gets
-    the same rel_index, so the derivation and its check run once per pass."""
-    key = id(rel_index)
+    """RelativeLayout.of, cached: the encoder's index is a view of one table buffer that
+    every layer of every step receives, so its derivation and check (one device
+    synchronisation) run once. The cache holds the tensor that owns the memory (a view's
+    base) by weak reference and checks its version, so an edited or freed index is never
+    mistaken for another."""
+    owner = rel_index._base if rel_index._base is not None else rel_index
+    key = (id(owner), rel_index.storage_offset(), tuple(rel_index.shape), rel_index.stride(), length, span)
     cached = _LAYOUTS.get(key)
-    if cached is not None and cached[0]() is rel_index and cached[1:4] == (rel_index._version, length, span):
-        return cached[4]
+    if cached is not None and cached[0]() is owner and cached[1] == owner._version:
+        return cached[2]
     layout = RelativeLayout.of(rel_index, length, span)
     for stale in [k for k, entry in _LAYOUTS.items() if entry[0]() is None]:
         del _LAYOUTS[stale]
-    _LAYOUTS[key] = (weakref.ref(rel_index), rel_index._version, length, span, layout)
+    _LAYOUTS[key] = (weakref.ref(owner), owner._version, layout)
     return layout
 
 
 # ---------------------------------------------------------------------------------------
 # Launch and autograd
 # ---------------------------------------------------------------------------------------
-def _blocks(head_dim: int) -> tuple[int, int, int, int]:
+def _blocks(head_dim: int, device=None) -> tuple[int, int, int, int]:
     """(BLOCK_M = BLOCK_N, WINDOW, num_warps, num_stages). The interpreter's cost is per
     operation, not per element: tiles of 32 keep its runs short while still covering several
-    blocks in the tests. On GPUs untuned; head size 128 with one stage keeps the backward's
-    shared memory under 100 KB."""
+    blocks in the tests. On GPUs untuned. Head size 128 runs one pipeline stage; its 64-wide
+    backward needs 112 KB of shared memory (A100, H100), so GPUs with less (sm_86/89: 99 KB)
+    get 32-wide tiles."""
     if INTERPRETED:
         return 32, 64, 1, 1
     if head_dim <= 64:
         return 64, 128, 4, 2
+    if device is not None and _shared_memory(device) < 128 * 1024:
+        return 32, 64, 4, 1
     return 64, 128, 8, 1
+
+
+def _shared_memory(device: torch.device) -> int:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"]
 
 
 def _strides(t: torch.Tensor) -> tuple[int, int, int]:
@@ -517,7 +529,7 @@ class FusedDisentangledAttention(torch.autograd.Function):
     def forward(ctx, query, key, value, pos_key, pos_query, layout, key_mask, query_mask, scale, dropout_p, seed):
         batch, heads, query_length, head_dim = query.shape
         length = key.shape[2]
-        block, window, warps, stages = _blocks(head_dim)
+        block, window, warps, stages = _blocks(head_dim, query.device)
         # [B, Lq, H, d] in memory, viewed as [B, H, Lq, d]: the caller's transpose back is free.
         out = query.new_empty(batch, query_length, heads, head_dim).transpose(1, 2)
         lse = torch.empty(batch, heads, query_length, dtype=torch.float32, device=query.device)
@@ -544,7 +556,7 @@ class FusedDisentangledAttention(torch.autograd.Function):
         layout, scale, dropout_p, seed = ctx.layout, ctx.scale, ctx.dropout_p, ctx.seed
         batch, heads, query_length, head_dim = query.shape
         length = key.shape[2]
-        block, window, warps, stages = _blocks(head_dim)
+        block, window, warps, stages = _blocks(head_dim, query.device)
         if grad_out.stride(-1) != 1:
             grad_out = grad_out.contiguous()
         row_delta = (grad_out.float() * out.float()).sum(-1)  # [B, H, Lq]: rowsum(dO * O)

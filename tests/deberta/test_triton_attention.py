@@ -307,3 +307,17 @@ def test_model_loss_and_gradients_match_eager(kernels, share_att_key):
     assert grads_eager.keys() == grads_fused.keys()
     for name, grad in grads_eager.items():
         assert torch.allclose(grads_fused[name], grad, atol=2e-5, rtol=1e-4), name
+
+
+def test_relative_layout_is_derived_once_per_index_table(kernels):
+    """The encoder's index (a view of one table buffer) is checked once, not at every layer
+    and step; a query subset gets its positions; an edited table is derived again."""
+    table = relative_position_index(64, DebertaConfig(position_buckets=8, max_relative_positions=32))
+    first = kernels.relative_layout(table[:40, :40], 40, 8)
+    assert first.reason is None and first.positions is None
+    assert kernels.relative_layout(table[:40, :40], 40, 8) is first
+    assert kernels.relative_layout(table[:30, :30], 30, 8) is not first
+    subset = kernels.relative_layout(table[:40, :40][torch.tensor([[1, 5], [3, 9]])], 40, 8)
+    assert subset.positions.tolist() == [[1, 5], [3, 9]] and subset.inverse[1, 9] == 1
+    table[0, 1] += 1
+    assert kernels.relative_layout(table[:40, :40], 40, 8).reason.startswith("rel_index is not a function")
