@@ -18,6 +18,7 @@ from pretrain_helpers import REPO, TINY_MODEL, cpu_env, explain, read_jsonl, tra
 
 from data_prep.cli import main as data_prep
 from pretrain.checkpoint import ResumeError, check_same_run, run_identity
+from pretrain.convert import main as convert_main
 
 
 def make_shards(folder: Path) -> Path:
@@ -47,7 +48,7 @@ def pretrain(data: Path, run: Path, limit: int | None = None, **flags) -> subpro
 
 
 @pytest.mark.slow
-def test_full_disk_during_a_save_then_resume_then_changed_settings(tmp_path):
+def test_full_disk_during_a_save_then_resume_then_changed_settings(tmp_path, capsys):
     data, run = make_shards(tmp_path), tmp_path / "run"
     first = pretrain(data, run)
     assert first.returncode == 0, explain(first)
@@ -94,7 +95,12 @@ def test_full_disk_during_a_save_then_resume_then_changed_settings(tmp_path):
     lines = [line for line in damaged.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in damaged.stderr, explain(damaged)
     assert f"checkpoint {checkpoints / 'step_00000006'} is damaged: {optimizer}: 1000 bytes, saved with" in lines[0]
-    assert "it resumes from step_00000004, the newest checkpoint before it" in lines[0]
+    assert "it takes step_00000004, the newest checkpoint before it" in lines[0]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:  # the converter says the same
+        convert_main([str(checkpoints), "--output", str(tmp_path / "model")])
+    assert exited.value.code == 1 and f"{optimizer}: 1000 bytes" in capsys.readouterr().err
+    assert not (tmp_path / "model").exists()
 
 
 def test_what_a_resume_compares():
