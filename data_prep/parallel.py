@@ -104,10 +104,15 @@ class Workers:
     """``--workers`` processes: this one and ``count - 1`` more, started once and reused by
     every stage. Starting one costs an interpreter and the imports (about a CPU second), so
     this process, which would otherwise wait, works on the tasks too. With one worker,
-    tasks run in this process only."""
+    tasks run in this process only.
 
-    def __init__(self, count: int):
+    ``start_method``: ``fork`` starts a helper as a copy of this process, imports and loaded
+    tokenizer included, at no cost; ``spawn`` starts a new interpreter, as a child of an MPI
+    rank must be (a forked copy inherits MPI state it must not use)."""
+
+    def __init__(self, count: int, start_method: str = "spawn"):
         self.count = count
+        self.start_method = start_method
         self._pool: ProcessPoolExecutor | None = None
 
     def run(self, function: Callable, tasks: Iterable) -> Iterator[tuple[Any, Any]]:
@@ -123,9 +128,8 @@ class Workers:
                 yield task, function(task)
             return
         if self._pool is None:
-            # spawn, not fork: a forked child of an MPI process inherits MPI state it must not use.
             self._pool = ProcessPoolExecutor(max_workers=self.count - 1,
-                                             mp_context=multiprocessing.get_context("spawn"))
+                                             mp_context=multiprocessing.get_context(self.start_method))
         running: dict[Future, Any] = {}
         queued_per_helper = 2  # a helper that finishes starts its next task without waiting for this process
         while pending or running:

@@ -207,7 +207,8 @@ class _Job:
 def run_shard(config: ShardConfig) -> int:
     comm = connect()
     try:
-        with Workers(config.workers) as workers:
+        # Helpers of a single process are forked (no second start-up); an MPI rank's are spawned.
+        with Workers(config.workers, "fork" if comm.size == 1 else "spawn") as workers:
             job = _Job(config, comm, None, workers)
             job.plan = job.on_rank_zero(lambda: plan(config))
             if job.plan["complete"]:
