@@ -107,3 +107,16 @@ def test_question_answering_window_logits_map_back(tmp_path, model_without_dropo
     assert len(lengths) > 1  # windows of different lengths in one batch
     for packed, padded in zip(packed_outputs, padded_outputs):
         np.testing.assert_allclose(packed, padded, atol=1e-5, rtol=1e-4)
+    # SiFT's divergence over the positions of each window: the same packed as padded
+    features = split.features[:5]
+    packed_batch, padded_batch = pack_batch(features), pad_batch(features, 0)
+    real = padded_batch["attention_mask"].bool()
+    clean, perturbed = torch.randn(real.sum(), 2), torch.randn(real.sum(), 2)
+
+    def padded_logits(packed):
+        logits = torch.randn(*real.shape, 2)  # whatever the padding holds must not count
+        logits[real] = packed
+        return logits
+
+    torch.testing.assert_close(trainer.task.divergence(perturbed, clean, packed_batch),
+                               trainer.task.divergence(padded_logits(perturbed), padded_logits(clean), padded_batch))
