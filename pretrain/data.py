@@ -66,7 +66,10 @@ def check_shards(data_dir: str | Path, mode: str, fallback_dir: Path, log: Calla
     files' sizes and mtimes it vouches for); without one (or with ``mode`` "full") the
     readers, local rank 0 of each node, hash a share of the shards each, so the data is read
     once over the whole job whatever its size, and rank 0 writes the stamp. A restart then
-    costs one ``stat`` per file on rank 0. Assumes every node sees the same files.
+    costs one ``stat`` per file on rank 0. Assumes every node sees the same files. The check
+    must end within the collective timeout (``DEBERTA_COLLECTIVE_TIMEOUT``, 30 min): for a
+    corpus too large for that on the nodes at hand, run ``python -m data_prep verify`` first
+    (it writes the same stamp).
     """
     if mode == "sizes":
         return  # ShardedDataset has compared every file's size with the manifest
@@ -96,7 +99,9 @@ def check_shards(data_dir: str | Path, mode: str, fallback_dir: Path, log: Calla
     started = time.perf_counter()
     mine = entries[readers.index(rank)::len(readers)] if rank in readers else []
     found: list = [None] * world
-    dist.all_gather_object(found, verify_shards(data_dir, manifest, mine))
+    # The node's reader hashes several files at once: the rest of the node waits for it anyway.
+    threads = min(8, len(os.sched_getaffinity(0)))
+    dist.all_gather_object(found, verify_shards(data_dir, manifest, mine, threads))
     problems = [problem for rank_problems in found for problem in rank_problems]
     if problems:
         listed = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
