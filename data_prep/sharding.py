@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from deberta.cli import option, required
-from deberta.errors import UserError
+from deberta.errors import UserError, debug_requested, describe_os_error, report
 from deberta.tokenizer import Tokenizer, load_tokenizer
 
 from . import dedup
@@ -219,9 +219,14 @@ def run_shard(config: ShardConfig) -> int:
             return _run_stages(job)
     except PrepError:
         raise  # met by every rank alike: deberta.errors.run_command reports it once, from rank 0
-    except Exception:
+    except Exception as error:
         if comm.size > 1:       # the other ranks would wait for this one forever
-            traceback.print_exc()
+            if isinstance(error, (UserError, OSError)):  # this rank's own (a full disk): one line, named
+                local = UserError(describe_os_error(error) if isinstance(error, OSError) else str(error))
+                local.every_rank = False
+                report(local, debug_requested(sys.argv))
+            else:
+                traceback.print_exc()
             comm.abort(1)
         raise
 
