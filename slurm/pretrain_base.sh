@@ -10,7 +10,7 @@
 #SBATCH --gres=gpu:8
 #SBATCH --cpus-per-task=8
 #SBATCH --time=48:00:00
-#SBATCH --signal=TERM@300
+#SBATCH --signal=B:USR1@300
 #SBATCH --requeue
 #SBATCH --open-mode=append
 #SBATCH --output=%x-%j.out

@@ -8,16 +8,17 @@
 #   DATA_DIR=... OUTPUT_DIR=... MAX_STEPS=... sbatch slurm/pretrain_xxlarge.sh
 #
 # Nodes and GPUs per node are Slurm's own options (one task per GPU); everything else is
-# an environment variable below. Preemption and the time limit send SIGTERM 10 minutes
-# ahead (--signal): every rank saves a checkpoint and exits 0, and the requeued job resumes
-# from it (same OUTPUT_DIR).
+# an environment variable below. Ten minutes before the time limit Slurm sends USR1 to the
+# batch shell (--signal=B:USR1@600): every rank saves a checkpoint at the end of its step, and
+# the job requeues itself and resumes from it (same OUTPUT_DIR) until MAX_STEPS
+# (slurm/requeue.sh). Preemption's SIGTERM saves as well, and --requeue brings the job back.
 #SBATCH --job-name=deberta-v2-xxlarge
 #SBATCH --nodes=16
 #SBATCH --ntasks-per-node=16
 #SBATCH --gres=gpu:16
 #SBATCH --cpus-per-task=6
 #SBATCH --time=48:00:00
-#SBATCH --signal=TERM@600
+#SBATCH --signal=B:USR1@600
 #SBATCH --requeue
 #SBATCH --open-mode=append
 #SBATCH --output=%x-%j.out
