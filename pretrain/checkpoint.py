@@ -99,9 +99,10 @@ def tokenizer_digest(files: dict[str, Path]) -> str:
 
 def check_same_run(saved: dict, current: dict, checkpoint: Path, output_dir: Path, force: bool, log) -> None:
     """Refuse to resume ``checkpoint`` with changed settings, naming each as ``name old -> new``
-    (``force``: only log them)."""
-    changed = [f"{name} {saved.get(name)!r} -> {current.get(name)!r}" for name in sorted(set(saved) | set(current))
-               if saved.get(name) != current.get(name)]
+    (``force``: only log them). A name on one side only is a field that this version of the
+    code added or dropped since the checkpoint was written, not a change of the run."""
+    changed = [f"{name} {saved[name]!r} -> {current[name]!r}" for name in sorted(set(saved) & set(current))
+               if saved[name] != current[name]]
     if not changed:
         return
     listing = ", ".join(changed)

@@ -118,6 +118,9 @@ def test_what_a_resume_compares():
     message = str(refused.value)
     assert ("generator_config.hidden_size 32 -> 16, objective 'rtd' -> 'mlm', tokenizer sha256 'abc' -> 'def'"
             in message)
+    # A field that a newer version of the code added is not a change.
+    newer = {**state, "model": {**state["model"], "model_config": {**state["model"]["model_config"], "new": 1}}}
+    check_same_run(same, run_identity(newer, "abc"), Path("ck"), Path("out"), force=False, log=print)
     notes = []
     check_same_run(same, run_identity(changed, "def"), Path("ck"), Path("out"), force=True, log=notes.append)
     assert notes and notes[0].startswith("--force_resume: resuming ck with changed settings: generator_config")
