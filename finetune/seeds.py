@@ -47,8 +47,12 @@ def run_once(config: FinetuneConfig, stop: StopSignal) -> tuple[str, Optional[di
     if done is not None:
         settings = run_settings(config, resolve_ds_config(config.engine, config.optimizer, world,
                                                           default_micro=DEFAULT_MICRO_BATCH))
-        check_same_run(done["settings"], settings, output_dir, output_dir, config.run.force_resume,
-                       Outputs(output_dir, rank, False).print)
+        out = Outputs(output_dir, rank, False)
+        check_same_run(done["settings"], settings, output_dir, output_dir, config.run.force_resume, out.print)
+        best = done["best"] or {}
+        out.print(f"{output_dir}: completed before (best at step {best.get('step')}: "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in best.items() if isinstance(v, float))
+                  + "); nothing to do. Another --output_dir starts a new run")
         return "completed", done["best"]
     trainer = Trainer(config, stop)
     try:

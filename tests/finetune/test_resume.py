@@ -128,6 +128,7 @@ def test_resume_refuses_changed_settings_naming_them(tmp_path, tiny_model, senti
     assert json.loads((output_dir / "summary.json").read_text())["status"] == "completed"
     # Run again when complete: nothing to do, and changed settings are refused as well.
     assert main(base + ["--lr", "1e-3"]) == 0
+    assert "completed before (best at step" in capsys.readouterr().out
     assert main(base + ["--lr", "5e-3"]) == 2 and "lr 0.001 -> 0.005" in capsys.readouterr().err
 
 
