@@ -16,6 +16,15 @@ CONFIGS = {"v3": V3, "v1": V1}
 LENGTHS = [3, 29, 1, 12, 40]  # very different lengths, the longest not first
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matrices on a shared machine: one thread is faster than several."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def sequences(lengths, seed=0):
     generator = torch.Generator().manual_seed(seed)
     ids = [torch.randint(5, 120, (n,), generator=generator) for n in lengths]
