@@ -55,9 +55,11 @@ def run_settings(config: FinetuneConfig, ds_config: dict) -> dict:
 
 def check_same_run(saved: dict, current: dict, where: Path, output_dir: Path, force: bool, log) -> None:
     """Refuse to continue ``where`` (a checkpoint or a completed run) with changed settings,
-    naming each as ``field old -> new``; with ``force`` only log them."""
-    changed = [f"{name} {saved.get(name)!r} -> {current.get(name)!r}" for name in sorted(set(saved) | set(current))
-               if saved.get(name) != current.get(name)]
+    naming each as ``field old -> new``; with ``force`` only log them. As in pretraining
+    (``pretrain.checkpoint.check_same_run``, whose message speaks of what only pretraining
+    has), a field on one side only is one that the code added or dropped since, not a change."""
+    changed = [f"{name} {saved[name]!r} -> {current[name]!r}" for name in sorted(set(saved) & set(current))
+               if saved[name] != current[name]]
     if not changed:
         return
     listing = ", ".join(changed)
