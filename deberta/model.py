@@ -908,7 +908,8 @@ class DebertaForMultipleChoice(DebertaPreTrained):
         if cu_seqlens is not None:
             if num_choices is None:
                 raise ValueError("packed multiple-choice inputs need num_choices (sequences per example)")
-            out = self.deberta(input_ids, None, token_type_ids, position_ids, inputs_embeds, cu_seqlens, max_seqlen)
+            out = self.deberta(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, cu_seqlens,
+                               max_seqlen)
             return self._choose(out, num_choices, labels)
         reference = input_ids if input_ids is not None else inputs_embeds
         n_choices = reference.shape[1]
