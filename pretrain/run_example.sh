@@ -72,9 +72,11 @@ INPUT=$("$PYTHON" -m pretrain.example_corpus "$WORK/corpus")
 if [ "$QUICK" = 1 ]; then  # the first QUICK_BYTES of the corpus, cut at a document boundary
     INPUT=$("$PYTHON" - "$INPUT" "$WORK/corpus/quick.txt" "$QUICK_BYTES" <<'PY'
 import glob, sys
-pattern, output, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
-text = "".join(open(path, encoding="utf-8").read() for path in sorted(glob.glob(pattern)))[:limit]
-open(output, "w", encoding="utf-8").write(text[:text.rfind("\n\n") + 1])
+from pathlib import Path
+pattern, output, limit = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+text = "".join(Path(path).read_text(encoding="utf-8") for path in sorted(glob.glob(pattern)))[:limit]
+output.parent.mkdir(parents=True, exist_ok=True)
+output.write_text(text[:text.rfind("\n\n") + 1], encoding="utf-8")
 print(output)
 PY
 )

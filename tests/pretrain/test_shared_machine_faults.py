@@ -200,5 +200,5 @@ def test_main_job_quick_twice_at_once_beside_port_29500_then_redoes_changed_stag
     from deberta import load_tokenizer
     vocabulary = load_tokenizer(tmp_path / "a" / "tok").vocab_size
     assert vocabulary in (1500, 1501)  # the pieces, and [MASK] where the model adds it
-    assert json.loads((tmp_path / "a" / "model" / "config.json").read_text())["vocab_size"] == vocabulary
+    assert json.loads((tmp_path / "a" / "model" / "config.json").read_text())["config"]["vocab_size"] == vocabulary
     assert json.loads((tmp_path / "a" / "run" / "summary.json").read_text())["step"] == 6
