@@ -15,6 +15,7 @@ import hashlib
 import itertools
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -127,10 +128,16 @@ def encode_piece(job: EncodeJob) -> dict:
     texts: list[str] = []
     digests: list[bytes] = []
     wheres: list[int] = []
+    # The tokenizer encodes a batch in a thread of its own while this one reads the next
+    # batch and writes the previous one: SentencePiece (and Hugging Face tokenizers) release
+    # the GIL while they encode. Batches are written in order, so the output is the same;
+    # at most three batches (read, encoding, writing) are held at once.
+    encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode")
+    in_flight: list[tuple] = []
 
-    def flush():
+    def write(future, batch_digests, batch_wheres):
         by_split = {split: ([], []) for split in SPLITS}
-        for ids, digest, number in zip(encode(texts), digests, wheres):
+        for ids, digest, number in zip(future.result(), batch_digests, batch_wheres):
             if not ids:
                 problems.add("empty_document", reader.where(number), "no tokens after encoding")
                 continue
@@ -139,7 +146,14 @@ def encode_piece(job: EncodeJob) -> dict:
             split_digests.append(digest)
         for split, (token_lists, split_digests) in by_split.items():
             outputs[split].append(token_lists, split_digests)
-        texts.clear(), digests.clear(), wheres.clear()
+
+    def flush():
+        nonlocal texts, digests, wheres
+        if texts:
+            in_flight.append((encoder.submit(encode, texts), digests, wheres))
+            texts, digests, wheres = [], [], []
+        while len(in_flight) > 1:  # the one just submitted encodes while this writes the one before
+            write(*in_flight.pop(0))
 
     try:
         batch_chars = 0
@@ -163,15 +177,20 @@ def encode_piece(job: EncodeJob) -> dict:
                 flush()
                 batch_chars = 0
         flush()
+        while in_flight:
+            write(*in_flight.pop(0))
     except InputReadError as error:
+        encoder.shutdown(cancel_futures=True)
         for output in outputs.values():
             output.discard()
         return {"key": piece.key, "path": piece.path, "error": str(error),
                 "problems": problems.to_json()}
     except BaseException:
+        encoder.shutdown(cancel_futures=True)
         for output in outputs.values():
             output.discard()
         raise
+    encoder.shutdown()
     for output in outputs.values():
         output.commit()
     marker = {
