@@ -14,6 +14,7 @@ bench/results/finetune_recipes.json); ``python -m bench.report`` renders them.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import statistics
@@ -68,6 +69,15 @@ def finished(folder: Path, expected: dict, resolved_batch: int) -> dict | None:
     return summary["best"]
 
 
+def majority(task: str, data_dir: Path) -> float:
+    """The dev accuracy of always predicting the most frequent dev label."""
+    from finetune.data import read_table
+    from finetune.tasks.classification import GLUE
+    labels = collections.Counter(str(row.values[GLUE[task].label_column]) for row in
+                                 read_table(data_dir / FOLDERS[task] / "dev.tsv"))
+    return max(labels.values()) / sum(labels.values())
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="runs/main_job/model")
@@ -106,17 +116,20 @@ def main(argv=None) -> int:
                           "reused": seconds is None}
         metric = next(k for k in runs[args.seeds[0]]["best"] if k not in ("step", "epoch", "loss"))
         values = [runs[seed]["best"][metric] for seed in args.seeds]
+        baseline = majority(task, data_dir) if metric == "accuracy" else None
         results["tasks"][task] = {"recipe": expected["recipe"]["name"], "metric": metric, "runs": runs,
-                                  "median": statistics.median(values), "min": min(values), "max": max(values)}
+                                  "median": statistics.median(values), "min": min(values), "max": max(values),
+                                  "majority_class": baseline}
         rows.append([task, f"`{expected['recipe']['name']}`", metric,
+                     "" if baseline is None else f"{100 * baseline:.1f}",
                      ", ".join(f"{100 * v:.1f}" for v in values),
                      f"{100 * statistics.median(values):.1f}", f"{100 * (max(values) - min(values)):.1f}",
                      f"{round(statistics.median(r['wall_seconds'] for r in runs.values()))} s"])
     print(json.dumps(results, indent=1))
     write_result(args.json, benchmark="finetune_recipes", title="Finetuning with the default recipe",
                  command=command_line("bench.finetune_recipes", argv), results={**results, "settings": vars(args)},
-                 columns=["task", "recipe", "dev metric", f"seeds {' '.join(map(str, args.seeds))} (%)",
-                          "median (%)", "spread (max - min)", "time per run"],
+                 columns=["task", "recipe", "dev metric", "majority class (%)", f"seeds {' '.join(map(str, args.seeds))} (%)",
+                          "median (%)", "spread (points)", "time per run"],
                  rows=rows,
                  notes=[f"`python -m finetune --task T --data_dir {args.data_dir}/<T> --model {args.model} "
                         "--output_dir ... --seed S` and no other flag; the best dev evaluation of each run "
