@@ -39,6 +39,10 @@ BENCHMARKS = {
                          "The documented one-line command (`python -m finetune --task T --data_dir D --model M "
                          "--output_dir O`, with --seed) on the main job's model: the recipe it picks by itself "
                          "(finetune/recipes.py), 3 seeds, each run's best dev figure, the median and the spread."),
+    "finetune_unpadded": ("Unpadded finetuning", "python -m bench.finetune_unpadded",
+                          "Finetuning steps (forward, backward, AdamW) on batches drawn from real GLUE training "
+                          "files, padded to the batch's longest against packed end to end (`--unpadded`), the same "
+                          "batches alternating; tokens/s counts real tokens."),
 }
 
 INTRO = """\
