@@ -52,7 +52,7 @@ class OfficialScript:
     mnli_start: tuple[str, ...] = ()
 
 
-# The scripts' flag lines as they read (experiments/*/TASK.sh); tests/finetune/test_recipes.py
+# The scripts' flag lines as they read (experiments/*/TASK.sh); tests/finetune/test_finetune_recipes.py
 # compares every one with the mirrored official repository.
 _V1V2 = ("base", "large", "xlarge", "xlarge-v2", "xxlarge-v2")
 SCRIPTS: dict[str, OfficialScript] = {

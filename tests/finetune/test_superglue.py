@@ -380,7 +380,7 @@ def test_recipes_official_where_a_script_exists_ours_elsewhere():
     for task in ("boolq", "cb", "copa", "multirc", "record", "superglue-rte", "wic", "wsc", "ax-b", "ax-g", "xnli",
                  "anli", "anli-r1", "anli-r2", "anli-r3"):
         assert f"{task}/deberta-v3-large" in CATALOGUE and f"{task}/base" in CATALOGUE, task
-    assert choose("auto", "copa", None)[0] is None  # picking still needs a model (tested in test_recipes.py)
+    assert choose("auto", "copa", None)[0] is None  # picking still needs a model (tested in test_finetune_recipes.py)
 
 
 @pytest.mark.parametrize("rule", ["longest_first", "official"])
