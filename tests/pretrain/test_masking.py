@@ -32,6 +32,7 @@ class _Sequences:
         words = ("The committee met on Tuesday to discuss the extraordinarily complicated budget "
                  "negotiations of the unincorporated municipalities. ").split() * 12
         self.seq_len, self.items = seq_len, []
+        self.vocab_size = tokenizer.vocab_size  # ShardedDataset's, from its manifest
         for i in range(count):
             ids = tokenizer.encode(" ".join(words[i:]))[: seq_len - 2]
             self.items.append(np.array([tokenizer.cls_token_id, *ids, tokenizer.sep_token_id], dtype=np.int32))
