@@ -83,14 +83,17 @@ def cpu_env(**extra) -> dict:
 
 def launch(tmp_path, tiny_model, data_dir, *flags, timeout=300, ds_config="finetune_bf16.json",
            **env) -> tuple[subprocess.CompletedProcess, int]:
-    """`deepspeed --num_gpus 2 finetune/main.py ...` on CPU ranks; (result, master port)."""
+    """`deepspeed --num_gpus 2 finetune/main.py ...` on CPU ranks; (result, master port).
+
+    ``--recipe none``: these tests are about the JSON and the engine; the small-model SST-2
+    recipe's global batch of 32 would otherwise set the accumulation."""
     port = free_port()
     launcher = [shutil.which("deepspeed")] if shutil.which("deepspeed") else \
         [sys.executable, "-m", "deepspeed.launcher.runner"]
     command = [*launcher, "--num_gpus", "2", "--master_port", str(port), "finetune/main.py",
                "--ds_config", str(REPO / "ds_configs" / ds_config), "--task", "sst-2",
                "--data_dir", str(data_dir), "--model", tiny_model, "--output_dir", str(tmp_path / "out"),
-               "--batch_size", "2", "--no-tensorboard", *flags]
+               "--batch_size", "2", "--recipe", "none", "--no-tensorboard", *flags]
     result = subprocess.run(command, cwd=REPO, env=cpu_env(**env), capture_output=True, text=True, timeout=timeout)
     return result, port
 
