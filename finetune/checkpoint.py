@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import Sampler
 
 from pretrain.checkpoint import CHECKPOINT_FILE, CheckpointManager, ResumeError
+from pretrain.checkpoint import check_same_run as pretrain_check_same_run
 
 from .config import FinetuneConfig
 
@@ -54,21 +55,9 @@ def run_settings(config: FinetuneConfig, ds_config: dict) -> dict:
 
 
 def check_same_run(saved: dict, current: dict, where: Path, output_dir: Path, force: bool, log) -> None:
-    """Refuse to continue ``where`` (a checkpoint or a completed run) with changed settings,
-    naming each as ``field old -> new``; with ``force`` only log them. As in pretraining
-    (``pretrain.checkpoint.check_same_run``, whose message speaks of what only pretraining
-    has), a field on one side only is one that the code added or dropped since, not a change."""
-    changed = [f"{name} {saved[name]!r} -> {current[name]!r}" for name in sorted(set(saved) & set(current))
-               if saved[name] != current[name]]
-    if not changed:
-        return
-    listing = ", ".join(changed)
-    if force:
-        log(f"--force_resume: continuing {where} with changed settings: {listing}")
-        return
-    raise ResumeError(f"{where} was made with other settings ({listing}); continuing it would mix two runs. "
-                      f"Start a new run with another --output_dir than {output_dir}, or continue anyway with "
-                      f"--force_resume")
+    """Refuse to continue ``where`` (a checkpoint or a completed run) with changed settings, as
+    pretraining does; a finetuning run has no universal checkpoint to change its ranks with."""
+    pretrain_check_same_run(saved, current, where, output_dir, force, log, note="")
 
 
 def completed_run(output_dir: Path) -> Optional[dict]:

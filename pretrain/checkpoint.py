@@ -97,10 +97,17 @@ def tokenizer_digest(files: dict[str, Path]) -> str:
     return digest.hexdigest()[:16]
 
 
-def check_same_run(saved: dict, current: dict, checkpoint: Path, output_dir: Path, force: bool, log) -> None:
-    """Refuse to resume ``checkpoint`` with changed settings, naming each as ``name old -> new``
-    (``force``: only log them). A name on one side only is a field that this version of the
-    code added or dropped since the checkpoint was written, not a change of the run."""
+# What a pretraining refusal adds: the one change of a run that resuming supports.
+UNIVERSAL_CHECKPOINT_NOTE = (" (the weights must still fit the model). Another number of ranks is the one supported "
+                             "change: --universal_checkpoint")
+
+
+def check_same_run(saved: dict, current: dict, checkpoint: Path, output_dir: Path, force: bool, log,
+                   note: str = UNIVERSAL_CHECKPOINT_NOTE) -> None:
+    """Refuse to resume ``checkpoint`` (or to redo a completed run) with changed settings,
+    naming each as ``name old -> new`` (``force``: only log them); ``note`` ends the message.
+    A name on one side only is a field that this version of the code added or dropped since
+    the checkpoint was written, not a change of the run. Finetuning uses it too."""
     changed = [f"{name} {saved[name]!r} -> {current[name]!r}" for name in sorted(set(saved) & set(current))
                if saved[name] != current[name]]
     if not changed:
@@ -111,8 +118,7 @@ def check_same_run(saved: dict, current: dict, checkpoint: Path, output_dir: Pat
         return
     raise ResumeError(f"{checkpoint} was trained with other settings ({listing}); resuming would mix two runs. "
                       f"Start a new run with another --output_dir than {output_dir}, or resume anyway with "
-                      f"--force_resume (the weights must still fit the model). Another number of ranks is the "
-                      f"one supported change: --universal_checkpoint")
+                      f"--force_resume{note}")
 
 
 def tag_of(step: int) -> str:
