@@ -146,15 +146,19 @@ def main(argv=None) -> None:
                    "ratio_to_ideal_raw": {w: r["mb_per_s"] / (w * raw[1]) for w, r in runs.items()},
                    "speedup": speedup, "load_average_before": load_before, "load_average_after": load_after}
         rows = [[f"raw `spm.encode(batch)`, 1 thread / {args.procs} threads",
-                 f"{raw[1]:.1f} / {raw[args.procs]:.1f}", "", ""]]
+                 f"{raw[1]:.1f} / {raw[args.procs]:.1f}", "", f"{raw_per_cpu[1]:.1f}", "", ""]]
         rows += [[f"`shard --workers {w}` (start-up, read, encode, pack, write, manifest)", f"{r['mb_per_s']:.1f}",
-                  f"{r['mb_per_s'] / raw[w]:.2f}", f"{r['peak_rss_mb']:.0f} MB"] for w, r in runs.items()]
+                  f"{r['mb_per_s'] / raw[w]:.2f}", f"{r['mb_per_cpu_s']:.1f}",
+                  f"{r['mb_per_cpu_s'] / raw_per_cpu[1]:.2f}", f"{r['peak_rss_mb']:.0f} MB"] for w, r in runs.items()]
         write_result(args.json, benchmark="data_prep", title="Data preparation: shard throughput",
                      command=command_line("bench.data_prep", argv), results=results,
-                     columns=["", "MB/s", "vs raw SentencePiece on as many cores", "peak RSS per process"], rows=rows,
+                     columns=["", "MB/s", "vs raw SentencePiece on as many cores", "MB per CPU second",
+                              "vs raw (CPU seconds)", "peak RSS per process"], rows=rows,
                      notes=[f"{full_bytes / 1e9:.2f} GB of text (copies of the shared corpus in "
                             f"{results['files']} files), {'a given tokenizer' if args.tokenizer else f'a {args.vocab_size}-piece SentencePiece model trained by the script'}; "
-                            f"load average {load_before:.2f} before, {load_after:.2f} after (other load lowers the figures).",
+                            f"load average {load_before:.2f} before, {load_after:.2f} after (other load lowers the figures; "
+                            f"raw encoding and shard run one after the other, so a change of load between them moves "
+                            f"the wall-time ratio, much less the CPU-seconds one).",
                             f"1 -> {args.procs} processes: **{speedup:.2f}x**. Peak RSS of one process: "
                             f"{quarter['peak_rss_mb']:.0f} MB on a quarter of the input, {runs[1]['peak_rss_mb']:.0f} MB "
                             f"on all of it."])
