@@ -1,20 +1,59 @@
-"""The attention backends against every peer at the headline shape, in one run (GPU).
+"""Our model and attention against every peer on one GPU, in one run, headline shape first.
 
-    python -m bench.gpu_attention                    # v3-base MLM, seq 512, bf16, batch 32
+    python -m bench.gpu_attention                    # every group below, about 5 1/2 minutes
+    python -m bench.gpu_attention --groups v3-base-mlm --budget 200
     python -m bench.gpu_attention --dry-run          # CPU smoke test of this script: tiny shapes
 
-Part 1, the model: one MLM training step (forward + backward, 15 % targets, no optimizer)
-of DeBERTa-v3-base for each system, each in its own subprocess so that its peak memory is
-its own: transformers' DebertaV2ForMaskedLM eager, with torch.compile, and with
-disentangled-flash (when the package is importable); ours with each attention backend
-(eager, sdpa, triton). Printed and written as each one finishes: tokens/s, peak allocated
-memory, and the ratios to the best peer (the fastest transformers variant) and to its memory.
+Part 1, the model: one training step (forward + backward, 15 % targets, no optimizer) per
+system, each in its own subprocess so that its peak memory is its own. Row groups, in order:
 
-Part 2, the attention alone (forward + backward, 12 heads of 64, v3 buckets, 16384 tokens
-at 512 and at 2048): our backends, and flex_attention with the c2p/p2c terms as a score
-modifier reading precomputed [B, H, L, 2S] products (a candidate second backend).
+  v3-base-mlm    DeBERTa-v3-base MLM, batch 32 x 512, bf16 (the headline): transformers'
+                 DebertaV2ForMaskedLM eager, with torch.compile, and with disentangled-flash
+                 (when the package is importable); ours with each attention backend, and
+                 ours-triton-compiled (every encoder layer compiled, training/compile.py).
+  v3-base-rtd    replaced-token detection, decoupled as v3 trains it: the generator (half the
+                 depth) forward + backward, replacements sampled at the targets, then the
+                 discriminator forward + backward on them. transformers has no RTD model; its
+                 equivalent here is DebertaV2ForMaskedLM as generator and
+                 DebertaV2ForTokenClassification with one label (binary cross-entropy) as
+                 discriminator, as ELECTRA builds it. Word embeddings are not shared on either
+                 side (sharing moves no FLOPs).
+  v3-large-mlm   DeBERTa-v3-large MLM, batch 32 x 512.
+  xxlarge-mlm    the 1.5B model (deberta-v2-xxlarge preset), batch 8 x 512, activation
+                 checkpointing on every system, plain bf16 autocast on one GPU (fp32 weights
+                 and gradients: 12 GB). ZeRO-3 is not measured here: it shards across GPUs, and
+                 on one GPU it would only add its gather hooks.
 
-Nothing is installed here; a system that cannot run records why and the run goes on.
+Every model row reports tokens/s, peak allocated memory and model TFLOP/s. The FLOP count is
+the same for ours and for the peers at one shape, so that the TFLOP/s ratios equal the speed
+ratios: the work of the model as transformers computes it, i.e. the 128K-way output at every
+position, no enhanced mask decoder (pretrain/metrics.py forward_flops_per_token with
+target_fraction 1 and emd_layers 0, times 3 for forward + backward). Ours computes that output
+only at the 15 % targets, so it does less work than it is credited with: "model TFLOP/s" is a
+speed in the peers' unit, not our hardware utilisation. For v3-base at 512 the count is, per token,
+
+    12 layers x [2 (4 h^2 + 2 h i)  +  2 x 512 x h x 4  +  2 x 2 x 2S x h^2 / 512]
+      = 12 x [14,155,776  +  3,145,728  +  2,359,296]                       = 235.9 M
+    + output 2 (h e + e V) = 2 (768 x 768 + 768 x 128,100)                  = 197.9 M
+    forward 433.8 M;  training step 3 x 433.8 M = 1.30 GFLOP per token
+
+(h 768, i 3072, e 768, V 128,100, S 256 buckets; the attention products are the content
+scores, c2p, p2c and the weighted sum of values). RTD counts the generator with its output at
+every position plus the discriminator with its one-logit head.
+
+Part 2, the attention alone (forward + backward, 12 heads of 64, v3 buckets, 16384 tokens at
+512 and at 2048): our backends, and flex_attention with the c2p/p2c terms as a score modifier
+reading precomputed [B, H, L, 2S] products (a candidate second backend). disentangled-flash is
+compared at the model level only: its public interface, as far as could be established without
+the package at hand, is the patching of a transformers model (``optimize_deberta_training``), not
+a documented attention function to call on bare tensors.
+
+Time: each group has a share of --budget (seconds; the shares are cumulative deadlines, so time a
+group leaves over goes to the next), and each system at most --timeout. A system that cannot run,
+fails or runs out of time is recorded with the reason and the run goes on. The JSON is rewritten
+after every measurement, so a run cut short still reports what it measured.
+
+Nothing is installed here (bench/gpu_check.sh brings the wheels).
 """
 from __future__ import annotations
 
@@ -24,56 +63,159 @@ import math
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 
 from bench.common import REPO, add_json_argument, command_line, write_result
 
-MODEL_SYSTEMS = ("hf-eager", "hf-compile", "hf-disentangled-flash", "ours-eager", "ours-sdpa", "ours-triton")
 KERNEL_SYSTEMS = ("eager", "sdpa", "triton", "flex")
+PEER_SYSTEMS = ("hf-eager", "hf-compile", "hf-disentangled-flash")
+
+
+@dataclass(frozen=True)
+class Group:
+    """One row group: a model, a workload, a shape, its systems and its share of the budget."""
+    name: str
+    preset: str
+    objective: str  # mlm or rtd
+    batch: int
+    systems: tuple[str, ...]
+    budget_s: float
+    checkpointing: bool = False
+
+
+# Headline first. transformers compiled costs a minute or more of compilation per model, so
+# outside the headline it is left out (the headline says how much compiling gives it).
+GROUPS = (
+    Group("v3-base-mlm", "deberta-v3-base", "mlm", 32,
+          ("hf-eager", "hf-compile", "hf-disentangled-flash", "ours-eager", "ours-sdpa", "ours-triton",
+           "ours-triton-compiled", "ours-sdpa-compiled"), budget_s=190),
+    Group("v3-base-rtd", "deberta-v3-base", "rtd", 32, ("hf-eager", "ours-sdpa", "ours-triton",
+                                                       "ours-triton-compiled"), budget_s=40),
+    Group("v3-large-mlm", "deberta-v3-large", "mlm", 32,
+          ("hf-eager", "hf-disentangled-flash", "ours-sdpa", "ours-triton", "ours-triton-compiled"), budget_s=40),
+    Group("xxlarge-mlm", "deberta-v2-xxlarge", "mlm", 8, ("hf-eager", "ours-sdpa", "ours-triton"),
+          budget_s=35, checkpointing=True),
+)
+KERNEL_BUDGET_S = 25
+GROUP_NAMES = tuple(group.name for group in GROUPS)
 
 
 # ---------------------------------------------------------------------------------------
 # Part 1: the model step
 # ---------------------------------------------------------------------------------------
-def build_model(system: str, args):
+def model_config(group: Group, args, **changes):
     from deberta import DebertaConfig
-    from deberta import build_model as build_ours
-    from deberta.checkpoint import hf_config
 
-    config = DebertaConfig.from_preset(args.preset, emd_layers=0, **args.model_overrides)
-    if system.startswith("ours-"):
-        return build_ours(config.replace(attention_backend=system.removeprefix("ours-")), "masked_lm")
-    import transformers
-
-    model = transformers.DebertaV2ForMaskedLM(transformers.DebertaV2Config(**hf_config(config, "masked_lm")))
-    if system == "hf-disentangled-flash":
-        from disentangled_flash import optimize_deberta_training  # raises where it is not installed
-
-        model = model.to(args.device)
-        optimize_deberta_training(model.deberta, backend="triton")
-    return model
+    # emd_layers=0 on both sides: transformers has no enhanced mask decoder.
+    return DebertaConfig.from_preset(group.preset, emd_layers=0, **{**args.model_overrides, **changes})
 
 
-def model_worker(system: str, args) -> dict:
+def generator_changes(config) -> dict:
+    return {"num_hidden_layers": max(1, config.num_hidden_layers // 2)}  # v3's generator: half the depth
+
+
+def step_flops_per_token(group: Group, args) -> float:
+    """Forward + backward FLOPs per token of the model as the peers compute it (docstring)."""
+    from pretrain.metrics import forward_flops_per_token
+
+    config = model_config(group, args)
+    if group.objective == "mlm":
+        return 3 * forward_flops_per_token(config, args.seq, 1.0, mlm_head=True)
+    generator = model_config(group, args, **generator_changes(config))
+    return 3 * (forward_flops_per_token(generator, args.seq, 1.0, mlm_head=True)
+                + forward_flops_per_token(config, args.seq, 1.0, mlm_head=False))
+
+
+def build_models(system: str, group: Group, args, device) -> list:
+    """[model] for MLM, [generator, discriminator] for RTD, on ``device``, checkpointing and
+    compilation applied."""
+    config = model_config(group, args)
+    configs = [config] if group.objective == "mlm" else [model_config(group, args, **generator_changes(config)),
+                                                        config]
+    heads = ["masked_lm"] if group.objective == "mlm" else ["masked_lm", "rtd"]
+    models = []
+    for config, head in zip(configs, heads):
+        if system.startswith("ours-"):
+            from deberta import DebertaForMaskedLM, DebertaForReplacedTokenDetection
+
+            backend = system.removeprefix("ours-").removesuffix("-compiled")
+            kind = DebertaForMaskedLM if head == "masked_lm" else DebertaForReplacedTokenDetection
+            model = kind(config.replace(attention_backend=backend))
+        else:
+            import transformers
+            from deberta.checkpoint import hf_config
+
+            values = hf_config(config, "masked_lm")
+            if head == "masked_lm":
+                model = transformers.DebertaV2ForMaskedLM(transformers.DebertaV2Config(**values))
+            else:  # ELECTRA's discriminator: one logit per token
+                model = transformers.DebertaV2ForTokenClassification(
+                    transformers.DebertaV2Config(**{**values, "num_labels": 1}))
+        model = model.to(device).train()
+        if group.checkpointing:
+            model.gradient_checkpointing_enable()
+        if system == "hf-disentangled-flash":
+            from disentangled_flash import optimize_deberta_training  # raises where it is not installed
+
+            optimize_deberta_training(model.deberta, backend="triton")
+        if system == "hf-compile":
+            model = torch.compile(model, backend=args.compile_backend)
+        if system.endswith("-compiled"):
+            from training.compile import compile_encoder_layers  # what --compile does in training
+
+            compile_encoder_layers(model, backend=args.compile_backend)
+        models.append(model)
+    return models
+
+
+def model_worker(system: str, group: Group, args) -> dict:
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     torch.manual_seed(0)
-    model = build_model(system, args).to(device).train()
+    models = build_models(system, group, args, device)
     generator = torch.Generator().manual_seed(0)
-    vocab = model.config.vocab_size
-    ids = torch.randint(5, vocab, (args.batch, args.seq), generator=generator).to(device)
-    targets = torch.rand(args.batch, args.seq, generator=generator) < 0.15
-    labels = torch.where(targets, ids.cpu(), torch.full_like(ids.cpu(), -100)).to(device)
-    forward = model
-    if system == "hf-compile":
-        forward = torch.compile(model)
+    vocab = models[0].config.vocab_size
+    ids = torch.randint(5, vocab, (group_batch(group, args), args.seq), generator=generator)
+    targets = torch.rand(ids.shape, generator=generator) < 0.15
+    labels = torch.where(targets, ids, torch.full_like(ids, -100)).to(device)
+    ids, targets = ids.to(device), targets.to(device)
+    ours = system.startswith("ours-")
+
+    def autocast():
+        return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+    def mlm_step(model):
+        with autocast():
+            out = model(input_ids=ids, labels=labels)
+        out.loss.backward()
+        return out.logits
+
+    def rtd_step():
+        """Decoupled, as v3 trains: the generator's step, then the discriminator's on its samples."""
+        generator_model, discriminator = models
+        logits = mlm_step(generator_model)
+        with torch.no_grad():  # ours has logits at the targets only, transformers everywhere
+            at_targets = logits if ours else logits[targets]
+            sampled = torch.multinomial(torch.softmax(at_targets.float(), dim=-1), 1).squeeze(-1)
+            replaced = ids.masked_scatter(targets, sampled)
+            replaced_labels = (replaced != ids).long()
+        with autocast():
+            if ours:
+                loss = discriminator(replaced, labels=replaced_labels).loss
+            else:
+                scores = discriminator(input_ids=replaced).logits.squeeze(-1).float()
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(scores, replaced_labels.float())
+        (50.0 * loss).backward()  # rtd_lambda, as pretraining weighs it
 
     def step():
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss = forward(input_ids=ids, labels=labels).loss
-        loss.backward()
-        model.zero_grad(set_to_none=True)
+        if group.objective == "mlm":
+            mlm_step(models[0])
+        else:
+            rtd_step()
+        for model in models:
+            model.zero_grad(set_to_none=True)
 
     for _ in range(args.warmup):
         step()
@@ -85,8 +227,14 @@ def model_worker(system: str, args) -> dict:
         step()
     synchronize(device)
     seconds = (time.perf_counter() - start) / args.steps
+    tokens_per_s = ids.numel() / seconds
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return {"seconds_per_step": seconds, "tokens_per_s": args.batch * args.seq / seconds, "peak_gib": peak}
+    return {"seconds_per_step": seconds, "tokens_per_s": tokens_per_s, "peak_gib": peak,
+            "model_tflops": tokens_per_s * step_flops_per_token(group, args) / 1e12}
+
+
+def group_batch(group: Group, args) -> int:
+    return args.batch or group.batch
 
 
 def synchronize(device):
@@ -175,8 +323,8 @@ def kernel_worker(system: str, args) -> dict:
 # ---------------------------------------------------------------------------------------
 # The parent: one subprocess per system, results written as they come
 # ---------------------------------------------------------------------------------------
-def run_worker(part: str, system: str, argv: list[str], timeout: float) -> dict:
-    command = [sys.executable, "-m", "bench.gpu_attention", *argv, "--worker", f"{part}:{system}"]
+def run_worker(worker: str, argv: list[str], timeout: float) -> dict:
+    command = [sys.executable, "-m", "bench.gpu_attention", *argv, "--worker", worker]
     try:
         done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -203,61 +351,106 @@ def summarise_models(models: dict) -> dict:
     return summary
 
 
+def time_left(deadline: float, timeout: float, started: float) -> float:
+    return min(timeout, deadline - (time.perf_counter() - started))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="deberta-v3-base")
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--groups", default=",".join(GROUP_NAMES), help=f"comma-separated, of {GROUP_NAMES}; '' for none")
+    parser.add_argument("--systems", default="",
+                        help="comma-separated: these systems in every group instead of each group's own")
+    parser.add_argument("--batch", type=int, default=0, help="every group's batch (0: each group's own)")
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--models", default=",".join(MODEL_SYSTEMS), help="comma-separated; '' for none")
+    parser.add_argument("--compile_backend", default="inductor", help="torch.compile backend of the compiled rows")
     parser.add_argument("--kernels", default=",".join(KERNEL_SYSTEMS), help="comma-separated; '' for none")
     parser.add_argument("--kernel_lengths", default="512,2048")
     parser.add_argument("--kernel_tokens", type=int, default=16384)
     parser.add_argument("--kernel_heads", type=int, default=12)
     parser.add_argument("--kernel_head_dim", type=int, default=64)
-    parser.add_argument("--timeout", type=float, default=240, help="seconds for each system")
+    parser.add_argument("--timeout", type=float, default=150, help="seconds for each system at most")
+    parser.add_argument("--budget", type=float, default=0,
+                        help="seconds for the whole run, shared among the groups and the kernels in proportion "
+                             "to their shares (0: the sum of the shares, %d s)"
+                             % (sum(g.budget_s for g in GROUPS) + KERNEL_BUDGET_S))
     parser.add_argument("--dry-run", action="store_true",
-                        help="CPU smoke test of the script: a 2-layer model, batch 2 x 64, fp32, 1 step, "
-                             "no torch.compile")
+                        help="CPU smoke test of the script: every group and part with 2 layers of hidden 64, "
+                             "batch 2 x 32, fp32, 1 step; compiled rows with the eager compile backend, "
+                             "ours-sdpa-compiled in their place (dynamo cannot trace the Triton interpreter)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     add_json_argument(parser, "gpu_attention")
     args = parser.parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
     args.model_overrides = {}
+    groups = {group.name: group for group in GROUPS}
     if args.dry_run:
-        args.device, args.dtype, args.batch, args.seq, args.steps, args.warmup = "cpu", "fp32", 2, 64, 1, 0
-        args.model_overrides = dict(num_hidden_layers=2, vocab_size=1000)
-        args.kernel_lengths, args.kernel_tokens, args.kernel_heads = "64", 128, 2
-        if "--models" not in " ".join(argv):  # compiling takes minutes on a CPU
-            args.models = ",".join(system for system in MODEL_SYSTEMS if system != "hf-compile")
+        args.device, args.dtype, args.batch, args.seq, args.steps, args.warmup = "cpu", "fp32", 2, 32, 1, 0
+        args.model_overrides = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=2,
+                                    intermediate_size=128, embedding_size=64, vocab_size=500)
+        args.kernel_lengths, args.kernel_tokens, args.kernel_heads = "32", 64, 2
+        args.compile_backend = "eager"  # the compiled code path without minutes of code generation
+        if "--systems" not in " ".join(argv):
+            # A peer, the peer compiled and ours compiled in every group: every code path
+            # (RTD on both sides, checkpointing, both ways of compiling) in a few minutes.
+            args.systems = "hf-eager,hf-compile,ours-sdpa-compiled"
+        if "--kernels" not in " ".join(argv):
+            args.kernels = "sdpa,triton"
     args.kernel_lengths = [int(n) for n in str(args.kernel_lengths).split(",")]
+    for name in filter(None, args.groups.split(",")):
+        if name not in groups:
+            parser.error(f"--groups: unknown group {name!r}; known: {', '.join(GROUP_NAMES)}")
+    from deberta.attention import ATTENTION_BACKENDS
+
+    for system in filter(None, args.systems.split(",")):
+        backend = system.removeprefix("ours-").removesuffix("-compiled")
+        if system not in PEER_SYSTEMS and not (system.startswith("ours-") and backend in ATTENTION_BACKENDS):
+            parser.error(f"--systems: unknown system {system!r}; known: {', '.join(PEER_SYSTEMS)}, "
+                         f"ours-<backend> or ours-<backend>-compiled with a backend of {sorted(ATTENTION_BACKENDS)}")
 
     if args.worker:  # a subprocess: one system, one JSON line
-        part, system = args.worker.split(":")
-        result = model_worker(system, args) if part == "model" else kernel_worker(system, args)
+        part, group, system = args.worker.split(":")
+        result = model_worker(system, groups[group], args) if part == "model" else kernel_worker(system, args)
         print("RESULT " + json.dumps(result))
         return
 
-    shape = {"preset": args.preset, "batch": args.batch, "seq": args.seq, "dtype": args.dtype,
-             "workload": "MLM training step (forward + backward, 15 % targets, no optimizer)"}
-    record = {"shape": shape, "models": {}, "kernels": {}}
-    print(f"{args.preset} MLM, batch {args.batch} x {args.seq}, {args.dtype}, on {args.device}", flush=True)
-    for system in filter(None, args.models.split(",")):
-        record["models"][system] = figures = run_worker("model", system, argv, args.timeout)
-        record["summary"] = summarise_models(record["models"])
-        if "error" in figures:
-            print(f"  {system:24s} not measured: {figures['error']}", flush=True)
-        else:
-            peak = f"{figures['peak_gib']:.1f} GiB" if figures["peak_gib"] is not None else "-"
-            ratio = record["summary"].get(system, {}).get("speed_vs_best_peer")
-            ratio = f"  x{ratio:.2f} of the best peer ({record['summary']['best_peer']})" if ratio else ""
-            print(f"  {system:24s} {figures['tokens_per_s'] / 1e3:8.1f} K tokens/s  peak {peak}{ratio}", flush=True)
-        save(args, argv, record)
+    chosen = [groups[name] for name in filter(None, args.groups.split(","))]
+    replacement = tuple(filter(None, args.systems.split(",")))
+    shares = [group.budget_s for group in chosen] + [KERNEL_BUDGET_S if args.kernels else 0]
+    scale = args.budget / sum(shares) if args.budget and sum(shares) else 1.0
+    deadlines = [scale * sum(shares[:i + 1]) for i in range(len(shares))]
+    started = time.perf_counter()
+    record = {"dtype": args.dtype, "seq": args.seq, "device": args.device,
+              "workload": "training step: forward + backward, 15 % targets, no optimizer",
+              "flops": "the peers' model work at the same shape: output at every position, no enhanced mask "
+                       "decoder, x3 for the backward (module docstring)",
+              "groups": {}, "kernels": {}}
+    for group, deadline in zip(chosen, deadlines):
+        entry = record["groups"][group.name] = {
+            "preset": group.preset, "objective": group.objective, "batch": group_batch(group, args),
+            "activation_checkpointing": group.checkpointing,
+            "step_gflop_per_token": step_flops_per_token(group, args) / 1e9, "models": {}}
+        print(f"{group.name}: {group.preset} {group.objective.upper()}, batch {entry['batch']} x {args.seq}, "
+              f"{args.dtype}{', activation checkpointing' if group.checkpointing else ''}, on {args.device}", flush=True)
+        for system in replacement or group.systems:
+            seconds = time_left(deadline, args.timeout, started)
+            if seconds < 10:
+                figures = {"error": "not run: this group's share of the time budget was spent"}
+            else:
+                figures = run_worker(f"model:{group.name}:{system}", argv, seconds)
+            entry["models"][system] = figures
+            entry["summary"] = summarise_models(entry["models"])
+            print_model_row(system, figures, entry["summary"])
+            save(args, argv, record)
     for system in filter(None, args.kernels.split(",")):
-        record["kernels"][system] = figures = run_worker("kernel", system, argv, args.timeout)
+        seconds = time_left(deadlines[-1], args.timeout, started)
+        if seconds < 10:
+            record["kernels"][system] = figures = {"error": "not run: the time budget was spent"}
+        else:
+            record["kernels"][system] = figures = run_worker(f"kernel:-:{system}", argv, seconds)
         if "error" in figures:
             print(f"  attention {system:14s} not measured: {figures['error']}", flush=True)
         else:
@@ -269,21 +462,36 @@ def main(argv=None):
     return record
 
 
+def print_model_row(system: str, figures: dict, summary: dict) -> None:
+    if "error" in figures:
+        print(f"  {system:24s} not measured: {figures['error']}", flush=True)
+        return
+    peak = f"{figures['peak_gib']:.1f} GiB" if figures["peak_gib"] is not None else "-"
+    ratio = summary.get(system, {}).get("speed_vs_best_peer")
+    ratio = f"  x{ratio:.2f} of the best peer ({summary['best_peer']})" if ratio else ""
+    print(f"  {system:24s} {figures['tokens_per_s'] / 1e3:8.1f} K tokens/s  {figures['model_tflops']:7.1f} "
+          f"model TFLOP/s  peak {peak}{ratio}", flush=True)
+
+
 def save(args, argv, record) -> None:
     """Everything measured so far, so that a run cut short still reports."""
     def number(value, form):
         return "-" if value is None else form.format(value)
 
-    rows = []
-    for system, figures in record["models"].items():
-        ratios = record.get("summary", {}).get(system, {})
-        if "error" in figures:
-            rows.append([system, "not measured", "-", "-", "-"])
-            continue
-        rows.append([system, number(figures["tokens_per_s"] / 1e3, "{:.1f} K"),
-                     number(ratios.get("speed_vs_best_peer"), "x{:.2f}"), number(figures["peak_gib"], "{:.1f}"),
-                     number(ratios.get("memory_vs_hf_eager"), "x{:.2f}")])
-    notes = [f"{name}: {figures['error']}" for name, figures in record["models"].items() if "error" in figures]
+    rows, notes = [], []
+    for name, entry in record["groups"].items():
+        for system, figures in entry["models"].items():
+            if "error" in figures:
+                rows.append([name, system, "not measured", "-", "-", "-", "-"])
+                notes.append(f"{name}, {system}: {figures['error']}")
+                continue
+            ratios = entry.get("summary", {}).get(system, {})
+            rows.append([name, system, number(figures["tokens_per_s"] / 1e3, "{:.1f} K"),
+                         number(figures["model_tflops"], "{:.1f}"), number(ratios.get("speed_vs_best_peer"), "x{:.2f}"),
+                         number(figures["peak_gib"], "{:.1f}"), number(ratios.get("memory_vs_hf_eager"), "x{:.2f}")])
+        notes.append(f"{name}: {entry['preset']} {entry['objective'].upper()}, batch {entry['batch']} x {args.seq}, "
+                     f"{args.dtype}{', activation checkpointing' if entry['activation_checkpointing'] else ''}; "
+                     f"{entry['step_gflop_per_token']:.2f} GFLOP per token and step for every system")
     for system, figures in record["kernels"].items():
         if "error" in figures:
             notes.append(f"attention alone, {system}: not measured ({figures['error']})")
@@ -292,12 +500,13 @@ def save(args, argv, record) -> None:
             notes.append(f"attention alone, {system}, L={length} x batch {row['batch']}: "
                          f"{row['ms_forward_backward']:.2f} ms forward+backward, "
                          f"extra peak {number(row['extra_peak_gib'], '{:.2f} GiB')}")
-    shape = record["shape"]
+    notes.append("model TFLOP/s: the peers' model work (output at every position, no decoder), the same count for "
+                 "every system of a group; ours computes the output at the targets only (bench/gpu_attention.py)")
     write_result(args.json, benchmark="gpu_attention",
-                 title=f"Attention backends against the peers: {shape['preset']} MLM, batch {shape['batch']} x "
-                       f"{shape['seq']}, {shape['dtype']}",
+                 title=f"Our model and attention against the peers, {args.dtype}, sequence {args.seq}",
                  command=command_line("bench.gpu_attention", argv), results=record,
-                 columns=["system", "tokens/s", "vs best peer", "peak GiB", "memory vs transformers eager"],
+                 columns=["group", "system", "tokens/s", "model TFLOP/s", "vs best peer", "peak GiB",
+                          "memory vs transformers eager"],
                  rows=rows, notes=notes)
 
 
