@@ -393,6 +393,8 @@ def main(argv=None):
                                     intermediate_size=128, embedding_size=64, vocab_size=500)
         args.kernel_lengths, args.kernel_tokens, args.kernel_heads = "32", 64, 2
         args.compile_backend = "eager"  # the compiled code path without minutes of code generation
+        if not any(arg.startswith("--json") for arg in argv):
+            args.json = ""  # a CPU smoke test's figures are no benchmark for bench/results/
         if "--systems" not in " ".join(argv):
             # A peer, the peer compiled and ours compiled in every group: every code path
             # (RTD on both sides, checkpointing, both ways of compiling) in a few minutes.

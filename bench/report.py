@@ -29,6 +29,16 @@ BENCHMARKS = {
     "pretrain_step": ("Pretraining step", "python -m bench.pretrain_step",
                       "Forward, backward and AdamW of our MLM pretraining step (enhanced mask decoder included) "
                       "against transformers' DebertaV2ForMaskedLM of the same shape, alternating step by step."),
+    "gpu_attention": ("GPU: our model and attention against the peers", "bash bench/gpu_check.sh",
+                      "One training step (forward + backward, 15 % targets) per system, each in its own process, "
+                      "bf16, sequence 512: transformers' DebertaV2ForMaskedLM eager, compiled and with "
+                      "disentangled-flash against ours with each attention backend and compiled; row groups "
+                      "v3-base MLM batch 32 (the headline), v3-base RTD (generator then discriminator; the peer "
+                      "built from DebertaV2ForMaskedLM and DebertaV2ForTokenClassification), v3-large MLM and "
+                      "the 1.5B model (batch 8, activation checkpointing, one GPU, no ZeRO); then the attention "
+                      "alone at 512 and 2048 against flex_attention. Model TFLOP/s counts the same work for every "
+                      "system of a group, the peers' (the output at every position), so it ranks as tokens/s does "
+                      "(bench/gpu_attention.py)."),
     "data_prep": ("Data preparation", "python -m bench.data_prep",
                   "`python -m data_prep shard` end to end against raw SentencePiece encoding on the same text "
                   "and cores, and the peak memory of one process on a quarter and on all of the input."),
@@ -59,9 +69,12 @@ Benchmarks run the reference implementation in the same run and report the ratio
 a slower or busier machine moves both sides. CPU step times on a shared 2-core machine vary
 by about 20 % from run to run; the load average at the end of the run is recorded.
 No GPU figure has been measured yet: every figure below comes from a CPU. `bash bench/gpu_check.sh`
-takes them on a machine with a GPU (one run: the attention backends, including the fused
-`triton` kernels, against transformers eager, compiled and with disentangled-flash), then
-runs the GPU tests.
+takes them on a machine with a GPU in at most 8 minutes, headline first, each figure written
+as soon as it is measured: tokens/s, model TFLOP/s and peak memory of transformers eager,
+compiled and with disentangled-flash against ours with each attention backend (the fused
+`triton` kernels included) and compiled, at v3-base MLM 512 bf16 batch 32, v3-base RTD,
+v3-large MLM and the 1.5B model; the attention alone at 512 and 2048; then the GPU tests
+and the full training step.
 """
 
 
