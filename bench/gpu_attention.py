@@ -44,9 +44,11 @@ every position plus the discriminator with its one-logit head.
 Part 2, the attention alone (forward + backward, 12 heads of 64, v3 buckets, 16384 tokens at
 512 and at 2048): our backends, and flex_attention with the c2p/p2c terms as a score modifier
 reading precomputed [B, H, L, 2S] products (a candidate second backend). disentangled-flash is
-compared at the model level only: its public interface, as far as could be established without
-the package at hand, is the patching of a transformers model (``optimize_deberta_training``), not
-a documented attention function to call on bare tensors.
+compared at the model level only: its public training interface (0.1-0.2, read from its sources,
+the package not at hand here) patches a transformers encoder (``optimize_deberta_training``) or
+replaces its attention module, projections included (``TritonTrainingDisentangledSelfAttention``);
+the kernel function underneath is private (``disentangled_flash.training._kernels``) and its
+arguments change between versions, so timing it on bare tensors would measure a guess.
 
 Time: each group has a share of --budget (seconds; the shares are cumulative deadlines, so time a
 group leaves over goes to the next), and each system at most --timeout. A system that cannot run,
