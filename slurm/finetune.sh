@@ -35,16 +35,7 @@ set -euo pipefail
 REPO=${REPO:-${SLURM_SUBMIT_DIR:-$PWD}}  # sbatch runs a copy of the script: find the code by the submit dir
 cd "$REPO"
 : "${PYTHON:=python}"
-source slurm/requeue.sh
-
-# Ranks meet on the first node, where this shell runs, on a port free there now, chosen again
-# in every allocation; if another job takes it before rank 0 binds it, the ranks exit 98
-# (training/distributed.py) and start again on another.
-MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
-export MASTER_ADDR
-PORT_GIVEN=${MASTER_PORT:-}
-export WORLD_SIZE=$SLURM_NTASKS
-free_port() { "$PYTHON" -c 'from training.distributed import free_port; print(free_port())'; }
+source slurm/ranks.sh  # srun on a free port, retried on a clash; requeued at the time limit
 
 ARGS=(--ds_config "$DS_CONFIG" --task "$TASK" --data_dir "$DATA_DIR" --model "$MODEL" --output_dir "$OUTPUT_DIR"
       --seeds "$SEEDS" --save_interval "$SAVE_INTERVAL")
@@ -53,15 +44,7 @@ read -r -a EXTRA <<< "$EXTRA_ARGS"
 if [ "$SEEDS" = 1 ]; then export REQUEUE_SUMMARY="$OUTPUT_DIR/summary.json"
 else export REQUEUE_SUMMARY="$OUTPUT_DIR/seeds_summary.json"; fi
 
-for attempt in 1 2 3; do
-    export MASTER_PORT=${PORT_GIVEN:-$(free_port)}
-    echo "job ${SLURM_JOB_ID}: ${SLURM_JOB_NUM_NODES} nodes, ${WORLD_SIZE} ranks, rendezvous ${MASTER_ADDR}:${MASTER_PORT}"
-    echo "output: ${OUTPUT_DIR} (eval_results.json, best/; the run resumes there when requeued)"
-    status=0
-    run_requeueable srun --kill-on-bad-exit=1 bash -c \
-        'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID; exec "$0" finetune/main.py "$@"' \
-        "$PYTHON" "${ARGS[@]}" "${EXTRA[@]}" || status=$?
-    if [ "$status" != 98 ] || [ -n "$PORT_GIVEN" ]; then exit "$status"; fi
-    echo "job ${SLURM_JOB_ID}: the rendezvous port was taken by another process; starting again on another"
-done
-exit 98
+status=0
+run_ranks finetune/main.py "${OUTPUT_DIR} (eval_results.json, best/; the run resumes there when requeued)" \
+    "${ARGS[@]}" "${EXTRA[@]}" || status=$?
+exit "$status"
