@@ -31,6 +31,7 @@ from data_prep.checks import is_stamped, shard_entries, stamp_key, verify_shards
 from data_prep.dataset import load_manifest
 from deberta.cli import option
 from deberta.errors import InputError
+from training.distributed import data_worker_init
 
 from .masking import IGNORE, Masker
 
@@ -205,7 +206,8 @@ def train_loader(dataset: MaskedSequences, order: TrainOrder, position: int, con
     return DataLoader(dataset, batch_sampler=_Resumable(order, position), collate_fn=collate,
                       num_workers=config.num_workers, pin_memory=pin_memory,
                       prefetch_factor=config.prefetch_batches if config.num_workers else None,
-                      persistent_workers=False, generator=torch.Generator().manual_seed(0))
+                      persistent_workers=False, generator=torch.Generator().manual_seed(0),
+                      worker_init_fn=data_worker_init)
 
 
 def valid_batches(dataset: MaskedSequences, config: DataConfig, micro: int, rank: int, world: int

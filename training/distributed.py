@@ -201,12 +201,32 @@ def launcher_ancestors(pid: int) -> list[tuple[int, int, str]]:
     return chain
 
 
-def _watch_launchers(rank: int) -> None:
-    """The kernel kills this rank when its parent dies; a thread stops it when any launcher
-    above it is gone (a launcher killed with SIGKILL cannot stop its children itself)."""
+def die_with_parent() -> None:
+    """Have the kernel kill this process when its parent dies (Linux)."""
     if sys.platform.startswith("linux"):
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def data_worker_init(_worker_id: int) -> None:
+    """A data loader worker goes with its rank. Until the kernel's signal lands, the thread
+    that hands the worker's tensors to the rank (multiprocessing's resource sharer) would
+    report the rank's closed socket as a traceback: that is the rank's death, which the
+    surviving ranks report in one line, so a connection error there is kept quiet."""
+    die_with_parent()
+    report = threading.excepthook
+
+    def quiet_lost_rank(args):
+        if not (issubclass(args.exc_type, OSError) and args.thread is not None and "_serve" in args.thread.name):
+            report(args)
+
+    threading.excepthook = quiet_lost_rank
+
+
+def _watch_launchers(rank: int) -> None:
+    """The kernel kills this rank when its parent dies; a thread stops it when any launcher
+    above it is gone (a launcher killed with SIGKILL cannot stop its children itself)."""
+    die_with_parent()
     launchers = launcher_ancestors(os.getpid())
     if not launchers:
         return
@@ -295,7 +315,7 @@ def _failed_collective(error: BaseException) -> tuple[str, str]:
     return collective, where
 
 
-def _missing_ranks() -> tuple[list[int], Optional[str]]:
+def _missing_ranks(rank: int) -> tuple[list[int], Optional[str]]:
     """(ranks whose heartbeat stands still, or [] when all answer; a line when the store is gone)."""
     heartbeat = _Heartbeat.current
     if heartbeat is None:
@@ -303,6 +323,9 @@ def _missing_ranks() -> tuple[list[int], Optional[str]]:
     try:
         return heartbeat.silent_ranks(), None
     except RuntimeError:
+        if rank == 0:  # the store lives in this process: it is being torn down with the job
+            return [], ("the rendezvous store no longer answers (the launcher is stopping the job after another "
+                        "rank died); the other ranks' output says which")
         return [], (f"rank 0, which holds the rendezvous store at {os.environ.get('MASTER_ADDR')}:"
                     f"{os.environ.get('MASTER_PORT')}, is gone: it died or its node failed; its output says why")
 
@@ -315,7 +338,7 @@ def describe_failure(error: BaseException, rank: int, timeout: datetime.timedelt
     text = str(error)
     timed_out = "Timed out" in text or "timed out" in text or "Timeout" in text
     collective_failed = isinstance(error, RuntimeError) and (_peer_lost(text) or timed_out)
-    silent, store_gone = _missing_ranks()
+    silent, store_gone = _missing_ranks(rank)
     interval = _Heartbeat.current.interval if _Heartbeat.current else 1.0
     if silent:
         who = (f"rank(s) {', '.join(map(str, silent))} stopped answering (no heartbeat for {2.5 * interval:.0f} s): "

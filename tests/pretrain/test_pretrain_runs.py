@@ -123,6 +123,7 @@ def test_convert_zero3_rtd(rtd_zero3, tmp_path):
         [sys.executable, "-m", "finetune", "--task", "sst-2", "--data_dir", str(sst2), "--model",
          str(tmp_path / "native"), "--output_dir", str(tmp_path / "ft"), "--max_train_examples", "64",
          "--max_eval_examples", "64", "--max_steps", "4", "--batch_size", "8", "--max_seq_length", "64",
+         "--recipe", "none",
          "--no-progress_bar", "--no-tensorboard"],
         cwd=REPO, env=cpu_env(), capture_output=True, text=True, timeout=300)
     assert finetuned.returncode == 0, explain(finetuned)

@@ -136,7 +136,11 @@ def test_a_rank_killed_mid_run_is_named_by_the_survivor(corpus_shards, tmp_path)
     assert code != 0
     # rank 0 meets the loss in a collective ("lost a peer"), or first the launcher's SIGTERM
     # to it and its data loader ("stopped (RuntimeError: DataLoader worker ...)")
-    assert "error: rank 0: " in output and "rank(s) 1 stopped answering" in output, output[-5000:]
+    # (or, when DeepSpeed's launcher is quicker to kill rank 0 than its heartbeat check, that the
+    # store it holds is being torn down)
+    assert "error: rank 0: " in output, output[-5000:]
+    assert "rank(s) 1 stopped answering" in output or "the rendezvous store no longer answers" in output, \
+        output[-5000:]
     assert "Traceback" not in output
 
 
