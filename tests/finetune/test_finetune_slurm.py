@@ -30,7 +30,7 @@ def test_finetune_job_requeued_at_the_time_limit_and_on_preemption_ends_as_unint
     output_dir, log = tmp_path / "run", tmp_path / "job.out"
     job_env = {**cpu_env(), **env, "TASK": "sst-2", "DATA_DIR": str(sentiment_files), "MODEL": tiny_model,
                "OUTPUT_DIR": str(output_dir), "DS_CONFIG": "ds_configs/finetune_bf16.json", "SAVE_INTERVAL": "100",
-               "EXTRA_ARGS": " ".join(["--batch_size", "2", "--no-tensorboard", *FLAGS]),
+               "EXTRA_ARGS": " ".join(["--batch_size", "2", "--recipe", "none", "--no-tensorboard", *FLAGS]),
                # rank 0 waits after steps 4 and 8 until the test has stopped the job there
                "FINETUNE_HOLD_AT_STEPS": "4,8"}
     submit = subprocess.run(["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", "--gres=none",
