@@ -56,7 +56,9 @@ def test_sbatch_pretrain_xxlarge_scaled_down(slurm_cluster, corpus_shards, tmp_p
 
     def after_steps(steps: int):
         metrics = interrupted / "metrics.jsonl"
-        wait_for(lambda: metrics.is_file() and len({r["step"] for r in read_jsonl(metrics)}) >= steps
+        # the last step logged (every --log_interval steps), not the number of lines: the signal
+        # must come while the run still has steps to go
+        wait_for(lambda: metrics.is_file() and max((r["step"] for r in read_jsonl(metrics)), default=0) >= steps
                  and job_field(job, env, "JobState") == "RUNNING", 240, f"step {steps} of job {job}")
 
     def back_in_queue(restarts: int):
