@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from deberta import PRESETS, DebertaConfig
-from pretrain.recipes import ARGS_PY, XADAM_PY, Code, Ours, Script, Source
+from pretrain.recipes import OPTIMIZER_OF_CODE, Code, Ours, Script, Source
 
 EXAMPLE_PY = "DeBERTa/data/example.py"
 RUN_PY = "DeBERTa/apps/run.py"
@@ -198,13 +198,7 @@ SIZE_CLASSES = {
 # What the official runner does when a script sets nothing (DeBERTa/optims/args.py, run.py):
 # these hold in every script-based recipe.
 _OFFICIAL_CODE_DEFAULTS = dict(
-    adam_beta1=(0.9, Code(ARGS_PY, '"--adam_beta1", default=0.9')),
-    adam_beta2=(0.999, Code(ARGS_PY, '"--adam_beta2", default=0.999')),
-    adam_eps=(1e-6, Code(ARGS_PY, '"--epsilon", default=1e-6')),
-    weight_decay=(0.01, Code(ARGS_PY, "'--weight_decay', type=float, default=0.01")),
-    clip_grad=(1.0, Code(ARGS_PY, '"--max_grad_norm", default=1,')),
-    adam_bias_correction=(False, Code(XADAM_PY, "0, #bias_correction",
-                                      "XAdam.update_param calls adamw() without bias correction")),
+    **OPTIMIZER_OF_CODE,
     pair_truncation=("official", Code(EXAMPLE_PY, "def _truncate_segments(segments, max_num_tokens, rng):",
                                       "the longest segment loses its first or last token at random")),
 )

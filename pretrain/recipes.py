@@ -135,7 +135,8 @@ def _optimizer_of_paper() -> dict:
     )
 
 
-_OPTIMIZER_OF_CODE = dict(  # the official scripts set none of these: the code's defaults apply
+# The official scripts set none of these: the code's defaults apply (finetuning's recipes too).
+OPTIMIZER_OF_CODE = dict(
     adam_beta1=(0.9, Code(ARGS_PY, '"--adam_beta1", default=0.9')),
     adam_beta2=(0.999, Code(ARGS_PY, '"--adam_beta2", default=0.999')),
     adam_eps=(1e-6, Code(ARGS_PY, '"--epsilon", default=1e-6')),
@@ -209,7 +210,7 @@ def _v2_mlm_script(size: str, preset: str, case: str) -> Recipe:
              warmup_steps=(1000, flag("--warmup", "1000")),
              max_steps=(1_000_000, Script(MLM_SH, None, "--num_training_steps", "1000000")),
              max_ngram=(3, flag("--max_ngram", "3")),
-             **{k: v for k, v in _OPTIMIZER_OF_CODE.items()}, **_MLM_MASK))
+             **OPTIMIZER_OF_CODE, **_MLM_MASK))
 
 
 def _v3_paper(size: str) -> Recipe:
@@ -259,7 +260,7 @@ def _v3_script(size: str, case: Optional[str], lr_text: str, batch: int) -> Reci
              model_config=model, lr=(lr, lr_source), global_batch_size=(batch, batch_source),
              warmup_steps=(10_000, warmup_source),
              max_steps=(1_000_000, Script(RTD_SH, None, "--num_training_steps", "1000000")),
-             **_OPTIMIZER_OF_CODE, rtd_lambda=_LAMBDA,
+             **OPTIMIZER_OF_CODE, rtd_lambda=_LAMBDA,
              embedding_sharing=("gdes", Code(f"experiments/language_model/rtd_{size}.json",
                                              "\"embedding_sharing\": \"gdes\"")),
              **_DECOUPLED, **_RTD_MASK))
@@ -289,7 +290,7 @@ def _v3_continue(size: str) -> Recipe:
              global_batch_size=(256, src("--train_batch_size", "256")),
              warmup_steps=(10_000, src("--warmup", "10000")),
              max_steps=(100_000, src("--num_training_steps", "100000")),
-             **_OPTIMIZER_OF_CODE, rtd_lambda=_LAMBDA,
+             **OPTIMIZER_OF_CODE, rtd_lambda=_LAMBDA,
              embedding_sharing=("gdes", Code(f"experiments/language_model/rtd_{size}.json",
                                              "\"embedding_sharing\": \"gdes\"")),
              **_DECOUPLED, **_RTD_MASK))
