@@ -28,6 +28,14 @@ Inputs (all backends):
         implementations, a padded query row attends to nothing real; it gets a uniform
         distribution over all keys (its output is never used).
 Returns [B, H, Lq, d].
+
+Packed inputs (B sequences end to end, no padding): ``mask`` is a ``Packing``, query, key
+and value are [T, H, d] (the projections' [T, H*d] viewed per head), ``rel_index`` is the
+self-attention index [Lmax, Lmax] of the longest sequence, ``query_mask`` is None, and the
+result is [T, H, d]. Each sequence attends within itself, with relative positions counted
+from its own first token. ``eager`` and ``sdpa`` compute on a padded batch
+(``attend_padded``: pad, run with the mask, unpad); ``triton`` runs varlen kernels on the
+packed tokens themselves. Another registered backend may do either.
 """
 from __future__ import annotations
 
@@ -70,6 +78,9 @@ def _pair_mask(mask: torch.Tensor, query_mask) -> torch.Tensor:
 def eager_attention(query, key, value, pos_key, pos_query, rel_index, mask, scale,
                     dropout_p: float = 0.0, query_mask=None):
     """The reference: plain PyTorch operations, easiest to read and to check."""
+    if isinstance(mask, Packing):
+        return attend_padded(eager_attention, query, key, value, pos_key, pos_query, rel_index, mask, scale,
+                             dropout_p)
     query = query * scale
     scores = torch.matmul(query, key.transpose(-1, -2))
     # In place: no backward needs the raw scores, and each [B,H,L,L] copy costs memory.
@@ -91,6 +102,9 @@ def sdpa_attention(query, key, value, pos_key, pos_query, rel_index, mask, scale
     The [B,H,L,L] probabilities and dropout mask are not kept for backward, which saves
     memory and time; the relative bias is still materialised once.
     """
+    if isinstance(mask, Packing):
+        return attend_padded(sdpa_attention, query, key, value, pos_key, pos_query, rel_index, mask, scale,
+                             dropout_p)
     c2p, p2c = relative_terms(query * scale, key, pos_key, pos_query, rel_index, scale)
     bias = c2p if p2c is None else p2c if c2p is None else c2p.add_(p2c)
     if mask is not None:
@@ -109,9 +123,12 @@ class Packing:
 
     Per-token work (embeddings, projections, LayerNorms, the FFN, the heads) runs on the
     packed ``[T, ...]`` tokens. Attention needs each sequence on its own, with its own
-    relative positions: ``pad`` scatters the tokens into ``[B, Lmax, ...]`` (Lmax the
-    longest sequence of this batch, not the model's maximum), any backend runs there with
-    ``mask``, and ``unpad`` gathers the real tokens back.
+    relative positions: every backend takes the packing as its ``mask`` (see the top of
+    this module). The fused kernels locate each sequence by ``cu_seqlens``; the others
+    compute on a padded batch: ``pad`` scatters the tokens into ``[B, Lmax, ...]`` (Lmax the
+    longest sequence of this batch, not the model's maximum), the backend runs there with
+    ``mask``, and ``unpad`` gathers the real tokens back (``attend_padded``). Work that
+    slides along a sequence (the nGiE convolution) and the QA head pad likewise.
 
     ``cu_seqlens`` [B+1] int: cumulative lengths, 0 first and T last; ``max_seqlen`` the
     longest length, given as a Python int so that no step waits to read it off the device.
@@ -139,6 +156,19 @@ class Packing:
     def unpad(self, padded: torch.Tensor) -> torch.Tensor:
         """[B, Lmax, ...] -> [T, ...]: the real tokens, in packed order."""
         return padded.flatten(0, 1).index_select(0, self.slots)
+
+
+def attend_padded(backend: Backend, query, key, value, pos_key, pos_query, rel_index, packing: Packing, scale,
+                  dropout_p: float = 0.0) -> torch.Tensor:
+    """Packed [T, H, d] inputs through a backend that computes on a padded batch: each
+    sequence padded to the batch's longest, the backend run with the packing's mask on
+    keys and queries, and the real rows gathered back, [T, H, d]."""
+    def padded(tokens):  # [T, H, d] -> [B, H, Lmax, d]
+        return packing.pad(tokens).transpose(1, 2)
+
+    context = backend(padded(query), padded(key), padded(value), pos_key, pos_query, rel_index, packing.mask,
+                      scale, dropout_p=dropout_p, query_mask=packing.mask)
+    return packing.unpad(context.transpose(1, 2))
 
 
 ATTENTION_BACKENDS: dict[str, Backend] = {

@@ -30,8 +30,11 @@ def _kernels():
     return disentangled_attention
 
 
-def unsupported_reason(query, key) -> str | None:
-    """Why the fused kernels cannot take these inputs, or None when they can."""
+def unsupported_reason(query, key, query_length: int | None = None, length: int | None = None) -> str | None:
+    """Why the fused kernels cannot take these inputs, or None when they can. The lengths
+    default to the padded inputs' (dim -2); packed inputs give their longest sequence."""
+    query_length = query.shape[-2] if query_length is None else query_length
+    length = key.shape[-2] if length is None else length
     kernels = _kernels()
     if kernels is None:
         return "Triton is not installed (pip install triton)"
@@ -51,8 +54,8 @@ def unsupported_reason(query, key) -> str | None:
         return f"query in {query.dtype} but key in {key.dtype}"
     if query.shape[-1] not in SUPPORTED_HEAD_SIZES:
         return f"head size {query.shape[-1]} (supported: {', '.join(map(str, SUPPORTED_HEAD_SIZES))})"
-    if key.shape[-2] * max(query.shape[-2], key.shape[-2]) >= 2 ** 31:
-        return f"sequence length {key.shape[-2]}: the dropout counters are 32-bit"
+    if length * max(query_length, length) >= 2 ** 31:
+        return f"sequence length {length}: the dropout counters are 32-bit"
     return None
 
 
@@ -66,15 +69,23 @@ def _fall_back(reason: str, *args, **kwargs):
 
 def triton_attention(query, key, value, pos_key, pos_query, rel_index, mask, scale,
                      dropout_p: float = 0.0, query_mask=None):
-    """The backend: fused Triton kernels, or ``sdpa`` where they cannot run (logged once)."""
+    """The backend: fused Triton kernels, or ``sdpa`` where they cannot run (logged once).
+    Packed inputs (``mask`` a ``Packing``) run the varlen kernels, with no padding."""
+    from ..attention import Packing
+
     args = (query, key, value, pos_key, pos_query, rel_index, mask, scale)
-    reason = unsupported_reason(query, key)
+    packing = mask if isinstance(mask, Packing) else None
+    query_length, length = ((packing.max_seqlen,) * 2 if packing is not None
+                            else (query.shape[-2], key.shape[-2]))
+    reason = unsupported_reason(query, key, query_length, length)
     layout = None
     relative = pos_key if pos_key is not None else pos_query
     if reason is None and relative is not None:
         from .disentangled_attention import relative_layout
-        layout = relative_layout(rel_index, key.shape[-2], relative.shape[-2] // 2)
+        layout = relative_layout(rel_index, length, relative.shape[-2] // 2)
         reason = layout.reason
+        if reason is None and packing is not None and layout.positions is not None:
+            reason = "packed queries away from their own positions (the varlen kernels run self-attention only)"
     if reason is not None:
         return _fall_back(reason, *args, dropout_p=dropout_p, query_mask=query_mask)
     from .disentangled_attention import fused_disentangled_attention

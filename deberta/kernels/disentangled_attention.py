@@ -48,6 +48,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..attention import Packing
+
 # Whether the kernels below run in Triton's interpreter (TRITON_INTERPRET=1 when this module
 # was first imported): then they take CPU tensors, else CUDA tensors.
 INTERPRETED = (bool(triton.knobs.runtime.interpret) if hasattr(triton, "knobs")
@@ -140,12 +142,13 @@ def _query_positions(positions, batch, stride_positions, rows, row_ok, QUERY_POS
 
 
 @triton.jit
-def _window(table, delta_start, delta_stop, length, WINDOW: tl.constexpr):
+def _window(table, delta_start, delta_stop, table_length, WINDOW: tl.constexpr):
     """The distances of one window, their rows f(delta) of the relative tables, and which
-    of them exist (within the tile's range and with a row)."""
+    of them exist (within the tile's range and with a row). The table covers the distances
+    -(table_length - 1) .. table_length - 1."""
     deltas = delta_start + tl.arange(0, WINDOW)
-    usable = (deltas <= delta_stop) & (deltas > -length) & (deltas < length)
-    rel_rows = tl.load(table + deltas + length - 1, mask=usable, other=-1)
+    usable = (deltas <= delta_stop) & (deltas > -table_length) & (deltas < table_length)
+    rel_rows = tl.load(table + deltas + table_length - 1, mask=usable, other=-1)
     return deltas, rel_rows, usable & (rel_rows >= 0)
 
 
@@ -157,15 +160,29 @@ def _kept(seed, batch_head, rows, cols, length, dropout_p):
 
 
 @triton.jit
+def _sequence(CU_SEQLENS, batch, query_length, length, VARLEN: tl.constexpr):
+    """(offset, query length, key length) of this program's sequence. Padded, the offset
+    is the batch index, which the batch strides multiply; varlen (packed [T, H, d]), it is
+    the sequence's first token, which the token strides multiply, and both lengths are the
+    sequence's own."""
+    if VARLEN:
+        start = tl.load(CU_SEQLENS + batch)
+        own_length = tl.load(CU_SEQLENS + batch + 1) - start
+        return start.to(tl.int64), own_length, own_length
+    else:
+        return batch.to(tl.int64), query_length, length
+
+
+@triton.jit
 def _raw_scores(q, k, q_pos, q_lowest, q_highest, key_start, cols, pos_key, pos_query, table,
-                stride_rel, length, dims,
+                stride_rel, table_length, dims,
                 HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, BLOCK_N: tl.constexpr,
                 WINDOW: tl.constexpr, PRECISION: tl.constexpr):
     """q.k + q.pos_key[r] + k.pos_query[r] of one tile, fp32, unscaled."""
     scores = tl.dot(q, tl.trans(k), input_precision=PRECISION)
     if HAS_C2P or HAS_P2C:
         for delta_start in range(q_lowest - key_start - BLOCK_N + 1, q_highest - key_start + 1, WINDOW):
-            deltas, rel_rows, usable = _window(table, delta_start, q_highest - key_start, length, WINDOW)
+            deltas, rel_rows, usable = _window(table, delta_start, q_highest - key_start, table_length, WINDOW)
             local = q_pos[:, None] - cols[None, :] - delta_start  # pair (i, j) -> its place in the window
             inside = (local >= 0) & (local < WINDOW)
             local = tl.minimum(tl.maximum(local, 0), WINDOW - 1)
@@ -203,24 +220,28 @@ def _log2_scores(raw, scale_log2, allowed, col_ok):
 # Kernels
 # ---------------------------------------------------------------------------------------
 @triton.jit
-def _forward_kernel(Q, K, V, OUT, LSE, POS_KEY, POS_QUERY, TABLE, POSITIONS, KEY_MASK, QUERY_MASK,
+def _forward_kernel(Q, K, V, OUT, LSE, POS_KEY, POS_QUERY, TABLE, POSITIONS, KEY_MASK, QUERY_MASK, CU_SEQLENS,
                     seed, dropout_p, scale_log2,
-                    sq_b, sq_h, sq_l, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l, so_b, so_h, so_l,
+                    sq_b, sq_h, sq_l, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l, so_b, so_h, so_l, slse_b, slse_h, slse_l,
                     srel_h, srel_r, spos_b, skm_b, sqm_b,
-                    heads, query_length, length,
+                    heads, query_length, length, table_length,
                     HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
                     HAS_QUERY_MASK: tl.constexpr, QUERY_POSITIONS: tl.constexpr, DROPOUT: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+                    VARLEN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
                     WINDOW: tl.constexpr, PRECISION: tl.constexpr):
     block, batch_head = tl.program_id(0), tl.program_id(1)
     batch, head = batch_head // heads, batch_head % heads
-    batch64, head64 = batch.to(tl.int64), head.to(tl.int64)
+    sequence, query_length, length = _sequence(CU_SEQLENS, batch, query_length, length, VARLEN)
+    if VARLEN:
+        if block * BLOCK_M >= query_length:  # the grid covers the longest sequence
+            return
+    head64 = head.to(tl.int64)
     rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < query_length
     dims = tl.arange(0, HEAD_DIM)
-    q = _load_rows(Q + batch64 * sq_b + head64 * sq_h, rows, row_ok, sq_l, dims)
+    q = _load_rows(Q + sequence * sq_b + head64 * sq_h, rows, row_ok, sq_l, dims)
     q_pos, q_lowest, q_highest = _query_positions(POSITIONS, batch, spos_b, rows, row_ok, QUERY_POSITIONS)
-    k_base, v_base = K + batch64 * sk_b + head64 * sk_h, V + batch64 * sv_b + head64 * sv_h
+    k_base, v_base = K + sequence * sk_b + head64 * sk_h, V + sequence * sv_b + head64 * sv_h
     pos_key, pos_query = POS_KEY + head64 * srel_h, POS_QUERY + head64 * srel_h
 
     row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -232,7 +253,7 @@ def _forward_kernel(Q, K, V, OUT, LSE, POS_KEY, POS_QUERY, TABLE, POSITIONS, KEY
         k = _load_rows(k_base, cols, col_ok, sk_l, dims)
         v = _load_rows(v_base, cols, col_ok, sv_l, dims)
         raw = _raw_scores(q, k, q_pos, q_lowest, q_highest, key_start, cols, pos_key, pos_query, TABLE,
-                          srel_r, length, dims, HAS_C2P, HAS_P2C, BLOCK_N, WINDOW, PRECISION)
+                          srel_r, table_length, dims, HAS_C2P, HAS_P2C, BLOCK_N, WINDOW, PRECISION)
         allowed = _allowed_pairs(KEY_MASK, QUERY_MASK, batch, skm_b, sqm_b, rows, row_ok, cols, col_ok,
                                  HAS_KEY_MASK, HAS_QUERY_MASK)
         scores = _log2_scores(raw, scale_log2, allowed, col_ok)
@@ -246,25 +267,25 @@ def _forward_kernel(Q, K, V, OUT, LSE, POS_KEY, POS_QUERY, TABLE, POSITIONS, KEY
         acc = acc * rescale[:, None] + tl.dot(probs.to(v.dtype), v, input_precision=PRECISION)
         row_max = new_max
     out = acc / row_sum[:, None]
-    tl.store(OUT + batch64 * so_b + head64 * so_h + rows[:, None] * so_l + dims[None, :],
+    tl.store(OUT + sequence * so_b + head64 * so_h + rows[:, None] * so_l + dims[None, :],
              out.to(OUT.dtype.element_ty), mask=row_ok[:, None])
     # A row whose every pair is masked is uniform over the keys, but MASKED_SCORE + log2(L)
     # does not exist in fp32: +inf marks such rows for backward.
     lse = tl.where(row_max == MASKED_SCORE, float("inf"), row_max + tl.math.log2(row_sum))
-    tl.store(LSE + batch_head.to(tl.int64) * query_length + rows, lse, mask=row_ok)
+    tl.store(LSE + sequence * slse_b + head64 * slse_h + rows * slse_l, lse, mask=row_ok)
 
 
 @triton.jit
 def _tile_probabilities(q, k, v, do, lse, row_delta, q_pos, q_lowest, q_highest, key_start, rows, row_ok,
                         cols, col_ok, pos_key, pos_query, TABLE, KEY_MASK, QUERY_MASK, batch, batch_head,
-                        seed, dropout_p, scale_log2, srel_r, skm_b, sqm_b, length, dims,
+                        seed, dropout_p, scale_log2, srel_r, skm_b, sqm_b, length, table_length, dims,
                         HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
                         HAS_QUERY_MASK: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_N: tl.constexpr,
                         WINDOW: tl.constexpr, PRECISION: tl.constexpr):
     """Backward's recomputation of one tile: the probabilities after dropout (for dV) and
     dS, the gradient of the (scaled) scores, zero at masked pairs."""
     raw = _raw_scores(q, k, q_pos, q_lowest, q_highest, key_start, cols, pos_key, pos_query, TABLE,
-                      srel_r, length, dims, HAS_C2P, HAS_P2C, BLOCK_N, WINDOW, PRECISION)
+                      srel_r, table_length, dims, HAS_C2P, HAS_P2C, BLOCK_N, WINDOW, PRECISION)
     allowed = _allowed_pairs(KEY_MASK, QUERY_MASK, batch, skm_b, sqm_b, rows, row_ok, cols, col_ok,
                              HAS_KEY_MASK, HAS_QUERY_MASK)
     scores = _log2_scores(raw, scale_log2, allowed, col_ok)
@@ -283,30 +304,34 @@ def _tile_probabilities(q, k, v, do, lse, row_delta, q_pos, q_lowest, q_highest,
 
 @triton.jit
 def _backward_key_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DPOS_QUERY, POS_KEY, POS_QUERY, TABLE,
-                         POSITIONS, INVERSE, KEY_MASK, QUERY_MASK,
+                         POSITIONS, INVERSE, KEY_MASK, QUERY_MASK, CU_SEQLENS,
                          seed, dropout_p, scale, scale_log2,
                          sq_b, sq_h, sq_l, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l, sdo_b, sdo_h, sdo_l,
-                         sdk_b, sdk_h, sdk_l, sdv_b, sdv_h, sdv_l,
+                         sdk_b, sdk_h, sdk_l, sdv_b, sdv_h, sdv_l, slse_b, slse_h, slse_l,
                          srel_h, srel_r, spos_b, sinv_b, skm_b, sqm_b,
-                         heads, query_length, length,
+                         heads, query_length, length, table_length,
                          HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
                          HAS_QUERY_MASK: tl.constexpr, QUERY_POSITIONS: tl.constexpr, DROPOUT: tl.constexpr,
-                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-                         WINDOW: tl.constexpr, PRECISION: tl.constexpr):
+                         VARLEN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                         HEAD_DIM: tl.constexpr, WINDOW: tl.constexpr, PRECISION: tl.constexpr):
     """One key block against every query block: dK, dV and the p2c part of dPosQuery."""
     block, batch_head = tl.program_id(0), tl.program_id(1)
     batch, head = batch_head // heads, batch_head % heads
-    batch64, head64 = batch.to(tl.int64), head.to(tl.int64)
+    sequence, query_length, length = _sequence(CU_SEQLENS, batch, query_length, length, VARLEN)
+    if VARLEN:
+        if block * BLOCK_N >= length:
+            return
+    head64 = head.to(tl.int64)
     key_start = block * BLOCK_N
     cols = key_start + tl.arange(0, BLOCK_N)
     col_ok = cols < length
     dims = tl.arange(0, HEAD_DIM)
-    k = _load_rows(K + batch64 * sk_b + head64 * sk_h, cols, col_ok, sk_l, dims)
-    v = _load_rows(V + batch64 * sv_b + head64 * sv_h, cols, col_ok, sv_l, dims)
-    q_base, do_base = Q + batch64 * sq_b + head64 * sq_h, DO + batch64 * sdo_b + head64 * sdo_h
+    k = _load_rows(K + sequence * sk_b + head64 * sk_h, cols, col_ok, sk_l, dims)
+    v = _load_rows(V + sequence * sv_b + head64 * sv_h, cols, col_ok, sv_l, dims)
+    q_base, do_base = Q + sequence * sq_b + head64 * sq_h, DO + sequence * sdo_b + head64 * sdo_h
     pos_key, pos_query = POS_KEY + head64 * srel_h, POS_QUERY + head64 * srel_h
-    dpos_query = DPOS_QUERY + head64 * (2 * length - 1) * HEAD_DIM
-    row_stats = batch_head.to(tl.int64) * query_length
+    dpos_query = DPOS_QUERY + head64 * (2 * table_length - 1) * HEAD_DIM
+    row_stats = sequence * slse_b + head64 * slse_h
 
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
@@ -315,20 +340,22 @@ def _backward_key_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DPOS_QUERY, POS_KEY, P
         row_ok = rows < query_length
         q = _load_rows(q_base, rows, row_ok, sq_l, dims)
         do = _load_rows(do_base, rows, row_ok, sdo_l, dims)
-        lse = tl.load(LSE + row_stats + rows, mask=row_ok, other=0.0)
-        row_delta = tl.load(DELTA + row_stats + rows, mask=row_ok, other=0.0)
+        lse = tl.load(LSE + row_stats + rows * slse_l, mask=row_ok, other=0.0)
+        row_delta = tl.load(DELTA + row_stats + rows * slse_l, mask=row_ok, other=0.0)
         q_pos, q_lowest, q_highest = _query_positions(POSITIONS, batch, spos_b, rows, row_ok, QUERY_POSITIONS)
         dropped, dscores = _tile_probabilities(
             q, k, v, do, lse, row_delta, q_pos, q_lowest, q_highest, key_start, rows, row_ok, cols, col_ok,
             pos_key, pos_query, TABLE, KEY_MASK, QUERY_MASK, batch, batch_head, seed, dropout_p, scale_log2,
-            srel_r, skm_b, sqm_b, length, dims, HAS_C2P, HAS_P2C, HAS_KEY_MASK, HAS_QUERY_MASK, DROPOUT,
+            srel_r, skm_b, sqm_b, length, table_length, dims, HAS_C2P, HAS_P2C, HAS_KEY_MASK, HAS_QUERY_MASK,
+            DROPOUT,
             BLOCK_N, WINDOW, PRECISION)
         dv += tl.dot(tl.trans(dropped.to(do.dtype)), do, input_precision=PRECISION)
         dk += tl.dot(tl.trans(dscores.to(q.dtype)), q, input_precision=PRECISION)
         if HAS_P2C:
             # by_delta[delta, j] = dS[i, j] for the query i at position j + delta, if in this block.
             for delta_start in range(q_lowest - key_start - BLOCK_N + 1, q_highest - key_start + 1, WINDOW):
-                deltas, rel_rows, usable = _window(TABLE, delta_start, q_highest - key_start, length, WINDOW)
+                deltas, rel_rows, usable = _window(TABLE, delta_start, q_highest - key_start, table_length,
+                                                   WINDOW)
                 if QUERY_POSITIONS:
                     position = deltas[:, None] + cols[None, :]
                     on_key = (position >= 0) & (position < length)
@@ -342,42 +369,47 @@ def _backward_key_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DPOS_QUERY, POS_KEY, P
                 rel = _load_rows(pos_query, rel_rows, usable, srel_r, dims)
                 dk += tl.dot(tl.trans(by_delta), rel, input_precision=PRECISION)
                 grad_rel = tl.dot(by_delta, k, input_precision=PRECISION) * scale
-                tl.atomic_add(dpos_query + (deltas + length - 1)[:, None] * HEAD_DIM + dims[None, :], grad_rel,
+                tl.atomic_add(dpos_query + (deltas + table_length - 1)[:, None] * HEAD_DIM + dims[None, :],
+                              grad_rel,
                               mask=usable[:, None], sem="relaxed")
-    tl.store(DK + batch64 * sdk_b + head64 * sdk_h + cols[:, None] * sdk_l + dims[None, :],
+    tl.store(DK + sequence * sdk_b + head64 * sdk_h + cols[:, None] * sdk_l + dims[None, :],
              (dk * scale).to(DK.dtype.element_ty), mask=col_ok[:, None])
-    tl.store(DV + batch64 * sdv_b + head64 * sdv_h + cols[:, None] * sdv_l + dims[None, :],
+    tl.store(DV + sequence * sdv_b + head64 * sdv_h + cols[:, None] * sdv_l + dims[None, :],
              dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
 
 
 @triton.jit
 def _backward_query_kernel(Q, K, V, DO, LSE, DELTA, DQ, DPOS_KEY, POS_KEY, POS_QUERY, TABLE,
-                           POSITIONS, KEY_MASK, QUERY_MASK,
+                           POSITIONS, KEY_MASK, QUERY_MASK, CU_SEQLENS,
                            seed, dropout_p, scale, scale_log2,
                            sq_b, sq_h, sq_l, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l, sdo_b, sdo_h, sdo_l,
-                           sdq_b, sdq_h, sdq_l,
+                           sdq_b, sdq_h, sdq_l, slse_b, slse_h, slse_l,
                            srel_h, srel_r, spos_b, skm_b, sqm_b,
-                           heads, query_length, length,
+                           heads, query_length, length, table_length,
                            HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
                            HAS_QUERY_MASK: tl.constexpr, QUERY_POSITIONS: tl.constexpr, DROPOUT: tl.constexpr,
-                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-                           WINDOW: tl.constexpr, PRECISION: tl.constexpr):
+                           VARLEN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                           HEAD_DIM: tl.constexpr, WINDOW: tl.constexpr, PRECISION: tl.constexpr):
     """One query block against every key block: dQ and the c2p part of dPosKey."""
     block, batch_head = tl.program_id(0), tl.program_id(1)
     batch, head = batch_head // heads, batch_head % heads
-    batch64, head64 = batch.to(tl.int64), head.to(tl.int64)
+    sequence, query_length, length = _sequence(CU_SEQLENS, batch, query_length, length, VARLEN)
+    if VARLEN:
+        if block * BLOCK_M >= query_length:
+            return
+    head64 = head.to(tl.int64)
     rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < query_length
     dims = tl.arange(0, HEAD_DIM)
-    q = _load_rows(Q + batch64 * sq_b + head64 * sq_h, rows, row_ok, sq_l, dims)
-    do = _load_rows(DO + batch64 * sdo_b + head64 * sdo_h, rows, row_ok, sdo_l, dims)
-    row_stats = batch_head.to(tl.int64) * query_length
-    lse = tl.load(LSE + row_stats + rows, mask=row_ok, other=0.0)
-    row_delta = tl.load(DELTA + row_stats + rows, mask=row_ok, other=0.0)
+    q = _load_rows(Q + sequence * sq_b + head64 * sq_h, rows, row_ok, sq_l, dims)
+    do = _load_rows(DO + sequence * sdo_b + head64 * sdo_h, rows, row_ok, sdo_l, dims)
+    row_stats = sequence * slse_b + head64 * slse_h
+    lse = tl.load(LSE + row_stats + rows * slse_l, mask=row_ok, other=0.0)
+    row_delta = tl.load(DELTA + row_stats + rows * slse_l, mask=row_ok, other=0.0)
     q_pos, q_lowest, q_highest = _query_positions(POSITIONS, batch, spos_b, rows, row_ok, QUERY_POSITIONS)
-    k_base, v_base = K + batch64 * sk_b + head64 * sk_h, V + batch64 * sv_b + head64 * sv_h
+    k_base, v_base = K + sequence * sk_b + head64 * sk_h, V + sequence * sv_b + head64 * sv_h
     pos_key, pos_query = POS_KEY + head64 * srel_h, POS_QUERY + head64 * srel_h
-    dpos_key = DPOS_KEY + head64 * (2 * length - 1) * HEAD_DIM
+    dpos_key = DPOS_KEY + head64 * (2 * table_length - 1) * HEAD_DIM
 
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     for key_start in range(0, length, BLOCK_N):
@@ -388,13 +420,15 @@ def _backward_query_kernel(Q, K, V, DO, LSE, DELTA, DQ, DPOS_KEY, POS_KEY, POS_Q
         _, dscores = _tile_probabilities(
             q, k, v, do, lse, row_delta, q_pos, q_lowest, q_highest, key_start, rows, row_ok, cols, col_ok,
             pos_key, pos_query, TABLE, KEY_MASK, QUERY_MASK, batch, batch_head, seed, dropout_p, scale_log2,
-            srel_r, skm_b, sqm_b, length, dims, HAS_C2P, HAS_P2C, HAS_KEY_MASK, HAS_QUERY_MASK, DROPOUT,
+            srel_r, skm_b, sqm_b, length, table_length, dims, HAS_C2P, HAS_P2C, HAS_KEY_MASK, HAS_QUERY_MASK,
+            DROPOUT,
             BLOCK_N, WINDOW, PRECISION)
         dq += tl.dot(dscores.to(k.dtype), k, input_precision=PRECISION)
         if HAS_C2P:
             # by_delta[i, delta] = dS[i, j] for the key j at distance delta from query i.
             for delta_start in range(q_lowest - key_start - BLOCK_N + 1, q_highest - key_start + 1, WINDOW):
-                deltas, rel_rows, usable = _window(TABLE, delta_start, q_highest - key_start, length, WINDOW)
+                deltas, rel_rows, usable = _window(TABLE, delta_start, q_highest - key_start, table_length,
+                                                   WINDOW)
                 local = q_pos[:, None] - deltas[None, :] - key_start
                 found = (local >= 0) & (local < BLOCK_N) & usable[None, :]
                 local = tl.minimum(tl.maximum(local, 0), BLOCK_N - 1)
@@ -402,9 +436,10 @@ def _backward_query_kernel(Q, K, V, DO, LSE, DELTA, DQ, DPOS_KEY, POS_KEY, POS_Q
                 rel = _load_rows(pos_key, rel_rows, usable, srel_r, dims)
                 dq += tl.dot(by_delta, rel, input_precision=PRECISION)
                 grad_rel = tl.dot(tl.trans(by_delta), q, input_precision=PRECISION) * scale
-                tl.atomic_add(dpos_key + (deltas + length - 1)[:, None] * HEAD_DIM + dims[None, :], grad_rel,
+                tl.atomic_add(dpos_key + (deltas + table_length - 1)[:, None] * HEAD_DIM + dims[None, :],
+                              grad_rel,
                               mask=usable[:, None], sem="relaxed")
-    tl.store(DQ + batch64 * sdq_b + head64 * sdq_h + rows[:, None] * sdq_l + dims[None, :],
+    tl.store(DQ + sequence * sdq_b + head64 * sdq_h + rows[:, None] * sdq_l + dims[None, :],
              (dq * scale).to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
 
@@ -513,8 +548,11 @@ def _shared_memory(device: torch.device) -> int:
     return triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"]
 
 
-def _strides(t: torch.Tensor) -> tuple[int, int, int]:
-    return t.stride(0), t.stride(1), t.stride(2)
+def _strides(t: torch.Tensor, varlen: bool = False) -> tuple[int, int, int]:
+    """(sequence, head, row) strides as the kernels take them. Padded [B, H, L, ...]: the
+    batch index times the batch stride; varlen [T, H, ...]: a sequence's first token times
+    the token stride, which is also the row stride."""
+    return t.stride(0), t.stride(1), t.stride(0) if varlen else t.stride(2)
 
 
 def draw_dropout_seed() -> int:
@@ -524,15 +562,32 @@ def draw_dropout_seed() -> int:
     return int(torch.randint(0, 1 << 30, ()))
 
 
-class FusedDisentangledAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, query, key, value, pos_key, pos_query, layout, key_mask, query_mask, scale, dropout_p, seed):
+def _geometry(query, key, cu_seqlens, max_seqlen) -> tuple[int, int, int, int, int]:
+    """(batch, heads, query length, key length, head size); varlen, both lengths are the
+    longest sequence's, which sizes the grid and the distance table."""
+    if cu_seqlens is None:
         batch, heads, query_length, head_dim = query.shape
-        length = key.shape[2]
+        return batch, heads, query_length, key.shape[2], head_dim
+    return cu_seqlens.shape[0] - 1, query.shape[1], max_seqlen, max_seqlen, query.shape[2]
+
+
+class FusedDisentangledAttention(torch.autograd.Function):
+    """Padded inputs [B, H, L, d], or packed ones [T, H, d] located by ``cu_seqlens`` [B+1]
+    (int32) with ``max_seqlen`` (then the masks are None)."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, pos_key, pos_query, layout, key_mask, query_mask, scale, dropout_p, seed,
+                cu_seqlens, max_seqlen):
+        varlen = cu_seqlens is not None
+        batch, heads, query_length, length, head_dim = _geometry(query, key, cu_seqlens, max_seqlen)
         block, window, warps, stages = _blocks(head_dim, query.device)
-        # [B, Lq, H, d] in memory, viewed as [B, H, Lq, d]: the caller's transpose back is free.
-        out = query.new_empty(batch, query_length, heads, head_dim).transpose(1, 2)
-        lse = torch.empty(batch, heads, query_length, dtype=torch.float32, device=query.device)
+        if varlen:
+            out = query.new_empty(query.shape)
+            lse = torch.empty(query.shape[:2], dtype=torch.float32, device=query.device)  # [T, H]
+        else:
+            # [B, Lq, H, d] in memory, viewed as [B, H, Lq, d]: the caller's transpose back is free.
+            out = query.new_empty(batch, query_length, heads, head_dim).transpose(1, 2)
+            lse = torch.empty(batch, heads, query_length, dtype=torch.float32, device=query.device)
         relative = pos_key if pos_key is not None else pos_query
         dummy = query.new_empty(0)
         args = _launch_args(relative, layout, key_mask, query_mask, dummy)
@@ -540,26 +595,28 @@ class FusedDisentangledAttention(torch.autograd.Function):
             query, key, value, out, lse,
             pos_key if pos_key is not None else dummy, pos_query if pos_query is not None else dummy,
             args["table"], args["positions"], args["key_mask"], args["query_mask"],
+            cu_seqlens if varlen else dummy,
             seed, dropout_p, scale * _LOG2E,
-            *_strides(query), *_strides(key), *_strides(value), *_strides(out),
+            *_strides(query, varlen), *_strides(key, varlen), *_strides(value, varlen), *_strides(out, varlen),
+            *_strides(lse, varlen),
             *args["rel_strides"], args["spos_b"], args["skm_b"], args["sqm_b"],
-            heads, query_length, length,
-            **_flags(pos_key, pos_query, key_mask, query_mask, layout, dropout_p, query),
+            heads, query_length, length, length,
+            **_flags(pos_key, pos_query, key_mask, query_mask, layout, dropout_p, query), VARLEN=varlen,
             BLOCK_M=block, BLOCK_N=block, HEAD_DIM=head_dim, WINDOW=window, num_warps=warps, num_stages=stages)
-        ctx.save_for_backward(query, key, value, pos_key, pos_query, out, lse, key_mask, query_mask)
-        ctx.layout, ctx.scale, ctx.dropout_p, ctx.seed = layout, scale, dropout_p, seed
+        ctx.save_for_backward(query, key, value, pos_key, pos_query, out, lse, key_mask, query_mask, cu_seqlens)
+        ctx.layout, ctx.scale, ctx.dropout_p, ctx.seed, ctx.max_seqlen = layout, scale, dropout_p, seed, max_seqlen
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        query, key, value, pos_key, pos_query, out, lse, key_mask, query_mask = ctx.saved_tensors
+        query, key, value, pos_key, pos_query, out, lse, key_mask, query_mask, cu_seqlens = ctx.saved_tensors
         layout, scale, dropout_p, seed = ctx.layout, ctx.scale, ctx.dropout_p, ctx.seed
-        batch, heads, query_length, head_dim = query.shape
-        length = key.shape[2]
+        varlen = cu_seqlens is not None
+        batch, heads, query_length, length, head_dim = _geometry(query, key, cu_seqlens, ctx.max_seqlen)
         block, window, warps, stages = _blocks(head_dim, query.device)
         if grad_out.stride(-1) != 1:
             grad_out = grad_out.contiguous()
-        row_delta = (grad_out.float() * out.float()).sum(-1)  # [B, H, Lq]: rowsum(dO * O)
+        row_delta = (grad_out.float() * out.float()).sum(-1)  # rowsum(dO * O): [B, H, Lq], varlen [T, H]
         dq, dk, dv = torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
         # Relative gradients by distance, fp32, summed over the batch by atomic adds.
         by_distance = torch.zeros(2, heads, 2 * length - 1, head_dim, dtype=torch.float32, device=query.device)
@@ -570,22 +627,25 @@ class FusedDisentangledAttention(torch.autograd.Function):
         pos_key_arg = pos_key if pos_key is not None else dummy
         pos_query_arg = pos_query if pos_query is not None else dummy
         common = dict(BLOCK_M=block, BLOCK_N=block, HEAD_DIM=head_dim, WINDOW=window, num_warps=warps,
-                      num_stages=stages, **flags)
+                      num_stages=stages, VARLEN=varlen, **flags)
         _backward_key_kernel[(triton.cdiv(length, block), batch * heads)](
             query, key, value, grad_out, lse, row_delta, dk, dv, by_distance[1], pos_key_arg, pos_query_arg,
             args["table"], args["positions"], args["inverse"], args["key_mask"], args["query_mask"],
+            cu_seqlens if varlen else dummy,
             seed, dropout_p, scale, scale * _LOG2E,
-            *_strides(query), *_strides(key), *_strides(value), *_strides(grad_out),
-            *_strides(dk), *_strides(dv),
+            *_strides(query, varlen), *_strides(key, varlen), *_strides(value, varlen), *_strides(grad_out, varlen),
+            *_strides(dk, varlen), *_strides(dv, varlen), *_strides(lse, varlen),
             *args["rel_strides"], args["spos_b"], args["sinv_b"], args["skm_b"], args["sqm_b"],
-            heads, query_length, length, **common)
+            heads, query_length, length, length, **common)
         _backward_query_kernel[(triton.cdiv(query_length, block), batch * heads)](
             query, key, value, grad_out, lse, row_delta, dq, by_distance[0], pos_key_arg, pos_query_arg,
             args["table"], args["positions"], args["key_mask"], args["query_mask"],
+            cu_seqlens if varlen else dummy,
             seed, dropout_p, scale, scale * _LOG2E,
-            *_strides(query), *_strides(key), *_strides(value), *_strides(grad_out), *_strides(dq),
+            *_strides(query, varlen), *_strides(key, varlen), *_strides(value, varlen), *_strides(grad_out, varlen),
+            *_strides(dq, varlen), *_strides(lse, varlen),
             *args["rel_strides"], args["spos_b"], args["skm_b"], args["sqm_b"],
-            heads, query_length, length, **common)
+            heads, query_length, length, length, **common)
         grads = []
         for input_index, tensor, grad in ((3, pos_key, by_distance[0]), (4, pos_query, by_distance[1])):
             if tensor is None or not ctx.needs_input_grad[input_index]:
@@ -596,7 +656,7 @@ class FusedDisentangledAttention(torch.autograd.Function):
             folded = torch.zeros(tensor.shape, dtype=torch.float32, device=tensor.device)
             folded.index_add_(1, layout.table[used].long(), grad[:, used])
             grads.append(folded.to(tensor.dtype))
-        return dq, dk, dv, grads[0], grads[1], None, None, None, None, None, None
+        return dq, dk, dv, grads[0], grads[1], None, None, None, None, None, None, None, None
 
 
 
@@ -628,19 +688,24 @@ def _flags(pos_key, pos_query, key_mask, query_mask, layout, dropout_p, query) -
 def fused_disentangled_attention(query, key, value, pos_key, pos_query, layout, mask, scale,
                                  dropout_p=0.0, query_mask=None, seed=None):
     """The kernels on prepared inputs (see ``deberta.kernels.triton_attention`` for the
-    checks and the fallback). ``layout``: a RelativeLayout, or None without relative terms."""
+    checks and the fallback). ``layout``: a RelativeLayout, or None without relative terms.
+    ``mask`` a ``Packing``: query, key and value are packed [T, H, d] and the varlen kernels
+    run each sequence on its own tokens (no query mask then)."""
     def unit_stride(t):
         return t if t.stride(-1) == 1 else t.contiguous()
 
     query, key, value = unit_stride(query), unit_stride(key), unit_stride(value)
     pos_key = None if pos_key is None else pos_key.to(query.dtype).contiguous()
     pos_query = None if pos_query is None else pos_query.to(query.dtype).contiguous()
+    cu_seqlens = max_seqlen = None
+    if isinstance(mask, Packing):
+        cu_seqlens, max_seqlen, mask = mask.cu_seqlens.to(torch.int32).contiguous(), mask.max_seqlen, None
     key_mask = None if mask is None else mask.to(torch.int8).contiguous()
     query_mask = None if query_mask is None else query_mask.to(torch.int8).contiguous()
     if dropout_p > 0 and seed is None:
         seed = draw_dropout_seed()
     return FusedDisentangledAttention.apply(query, key, value, pos_key, pos_query, layout, key_mask, query_mask,
-                                            float(scale), float(dropout_p), int(seed or 0))
+                                            float(scale), float(dropout_p), int(seed or 0), cu_seqlens, max_seqlen)
 
 
 def dropout_keep_mask(seed: int, shape, dropout_p: float, device) -> torch.Tensor:

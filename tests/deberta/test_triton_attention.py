@@ -16,7 +16,7 @@ pytest.importorskip("triton")
 
 from deberta import DebertaConfig, build_model  # noqa: E402
 from deberta import kernels as backend_module  # noqa: E402
-from deberta.attention import eager_attention, relative_terms, sdpa_attention  # noqa: E402
+from deberta.attention import Packing, eager_attention, relative_terms, sdpa_attention  # noqa: E402
 from deberta.model import relative_position_index  # noqa: E402
 
 KERNELS = "deberta.kernels.disentangled_attention"
@@ -321,3 +321,100 @@ def test_relative_layout_is_derived_once_per_index_table(kernels):
     assert subset.positions.tolist() == [[1, 5], [3, 9]] and subset.inverse[1, 9] == 1
     table[0, 1] += 1
     assert kernels.relative_layout(table[:40, :40], 40, 8).reason.startswith("rel_index is not a function")
+
+
+# ---------------------------------------------------------------------------------------
+# Packed (varlen) inputs: q, k, v [T, H, d] located by cu_seqlens, no padding anywhere
+# ---------------------------------------------------------------------------------------
+VARLEN_LENGTHS = [5, 33, 17]  # with 32-tiles: one sequence over two query and key tiles, the longest not last
+
+
+def make_packed_inputs(lengths=VARLEN_LENGTHS, heads=2, head_dim=16, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    config = DebertaConfig(position_buckets=8, max_relative_positions=32)
+    span, tokens, longest = config.relative_span, sum(lengths), max(lengths)
+
+    def leaf(*shape):
+        return torch.randn(*shape, generator=generator).requires_grad_()
+
+    cu_seqlens = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
+    return dict(query=leaf(tokens, heads, head_dim), key=leaf(tokens, heads, head_dim),
+                value=leaf(tokens, heads, head_dim), pos_key=leaf(heads, 2 * span, head_dim),
+                pos_query=leaf(heads, 2 * span, head_dim), rel_index=relative_position_index(longest, config),
+                mask=Packing(cu_seqlens, longest, tokens), scale=1 / math.sqrt(head_dim * 3))
+
+
+def test_varlen_matches_eager_on_the_padded_batch(kernels, monkeypatch):
+    """Sequences of 5, 33 and 17 tokens packed end to end: the varlen kernels' output and
+    gradients of q, k, v, pos_key and pos_query equal eager's on the padded batch, and
+    nothing on the fused path pads the packed tokens."""
+    inputs = make_packed_inputs()
+    reference = forward_backward(eager_attention, inputs)
+    with monkeypatch.context() as patch:
+        patch.setattr(Packing, "pad", lambda *a, **k: pytest.fail("the fused path padded the packed tokens"))
+        fused = forward_backward(kernels_backend(kernels), inputs)
+    assert fused[0].shape == inputs["query"].shape
+    assert_close(fused, reference, 2e-5)
+
+
+def test_varlen_dropout_regenerates_its_mask(kernels):
+    """Dropout on packed inputs: each sequence b of n tokens draws the keep mask of (batch b,
+    head) over its own n x n pairs; eager's arithmetic with that mask, sequence by sequence,
+    gives the kernels' output and gradients, so backward regenerated forward's mask."""
+    inputs = make_packed_inputs(lengths=[9, 33], seed=1)
+    dropout_p, heads = 0.3, 2
+    torch.manual_seed(3)
+    seed = kernels.draw_dropout_seed()
+    torch.manual_seed(3)  # the backend draws the same seed
+    fused = forward_backward(kernels_backend(kernels), inputs, dropout_p=dropout_p)
+
+    def reference(query, key, value, pos_key, pos_query, rel_index, mask, scale):
+        outputs, bounds = [], mask.cu_seqlens.tolist()
+        for sequence, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
+            n = stop - start
+            kept = kernels.dropout_keep_mask(seed, (mask.batch, heads, n, n), dropout_p, "cpu")[sequence:sequence + 1]
+            one = {name: tensor[start:stop].transpose(0, 1)[None] for name, tensor in
+                   dict(query=query, key=key, value=value).items()}
+            everything = torch.ones(1, n, dtype=torch.long)
+            out = reference_with_dropout(dict(one, pos_key=pos_key, pos_query=pos_query, rel_index=rel_index[:n, :n],
+                                              mask=everything, query_mask=everything, scale=scale), kept, dropout_p)
+            outputs.append(out[0].transpose(0, 1))
+        return torch.cat(outputs)
+
+    assert_close(fused, forward_backward(reference, inputs), 2e-5)
+    assert not torch.allclose(fused[0], forward_backward(eager_attention, inputs)[0], atol=1e-2)  # dropout acted
+
+
+def test_varlen_falls_back_to_sdpa_on_the_padded_batch(kernels, monkeypatch):
+    inputs = make_packed_inputs()
+    monkeypatch.setattr(kernels, "INTERPRETED", False)  # as if the kernels were compiled for CUDA
+    monkeypatch.setattr(backend_module, "_logged_reasons", set())
+    out = backend_module.triton_attention(**inputs)
+    assert torch.equal(out, sdpa_attention(**inputs))
+    assert (out - forward_backward(eager_attention, inputs)[0]).abs().max() < 1e-5
+
+
+def test_packed_model_matches_padded_eager(kernels):
+    """A tiny v3 classifier (buckets, nGiE convolution) with the triton backend on packed
+    inputs gives the padded batch's logits, loss and parameter gradients through eager."""
+    config = dict(TINY, num_labels=3, conv_kernel_size=3)
+    generator = torch.Generator().manual_seed(0)
+    ids = [torch.randint(5, 100, (n,), generator=generator) for n in VARLEN_LENGTHS]
+    labels = torch.tensor([2, 0, 1])
+    longest = max(VARLEN_LENGTHS)
+    padded_ids = torch.stack([torch.cat([seq, seq.new_zeros(longest - len(seq))]) for seq in ids])
+    attention_mask = (torch.arange(longest) < torch.tensor(VARLEN_LENGTHS)[:, None]).long()
+    results = []
+    for backend, inputs in (("eager", dict(input_ids=padded_ids, attention_mask=attention_mask)),
+                            ("triton", dict(input_ids=torch.cat(ids), max_seqlen=longest,
+                                            cu_seqlens=torch.tensor([0] + VARLEN_LENGTHS).cumsum(0).int()))):
+        torch.manual_seed(0)
+        model = build_model(DebertaConfig(**config, attention_backend=backend), "sequence_classification").train()
+        out = model(**inputs, labels=labels)
+        out.loss.backward()
+        results.append((out.logits.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    (logits_eager, grads_eager), (logits_fused, grads_fused) = results
+    torch.testing.assert_close(logits_fused, logits_eager, atol=1e-5, rtol=1e-4)
+    assert grads_eager.keys() == grads_fused.keys()
+    for name, grad in grads_eager.items():
+        torch.testing.assert_close(grads_fused[name], grad, atol=2e-5, rtol=1e-4, msg=name)
