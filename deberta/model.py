@@ -344,20 +344,19 @@ class DisentangledSelfAttention(nn.Module):
         positions only (the enhanced mask decoder at the masked tokens).
 
         ``mask`` a ``Packing``: the states are packed tokens [T, hidden]; they are projected
-        as they are, and only the attention itself runs padded, on [B, Lmax]."""
+        as they are and the backend takes their heads [T, H, d] with the packing (the fused
+        kernels attend on them as they are; eager and sdpa pad each sequence)."""
         packing = mask if isinstance(mask, Packing) else None
-        if packing is not None:
-            if query_states is not None:
-                raise ValueError("packed inputs take no separate query states (run the enhanced mask decoder "
-                                 "on a padded batch)")
-            mask = packing.mask
-        query_mask = mask
+        if packing is not None and query_states is not None:
+            raise ValueError("packed inputs take no separate query states (run the enhanced mask decoder "
+                             "on a padded batch)")
+        query_mask = mask if packing is None else None
         if query_states is None:
             query_states = hidden_states
         if query_positions is not None:
             rel_index, query_mask = rel_index[query_positions], None  # [B, M, L]; targets are real tokens
-        def heads(projected):  # [..., L, H*d] -> [..., H, L, d], packed tokens first padded
-            return self.split_heads(projected if packing is None else packing.pad(projected))
+        def heads(projected):  # [B, L, H*d] -> [B, H, L, d]; packed [T, H*d] -> [T, H, d], a view
+            return self.split_heads(projected) if packing is None else projected.unflatten(-1, (self.num_heads, -1))
 
         query = heads(self.query_proj(query_states))
         key = heads(self.key_proj(hidden_states))
@@ -375,8 +374,7 @@ class DisentangledSelfAttention(nn.Module):
                 pos_query = self.split_heads(query_proj(rel_embeddings))
         context = self.backend(query, key, value, pos_key, pos_query, rel_index, mask, self.scale,
                                dropout_p=self.dropout_p if self.training else 0.0, query_mask=query_mask)
-        context = context.transpose(-2, -3).flatten(-2)
-        return context if packing is None else packing.unpad(context)
+        return (context.transpose(-2, -3) if packing is None else context).flatten(-2)  # [B, L, H*d] or [T, H*d]
 
 
 class ResidualOutput(nn.Module):
