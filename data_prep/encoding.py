@@ -14,6 +14,7 @@ import functools
 import hashlib
 import itertools
 import json
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -49,28 +50,65 @@ def piece_path(work_dir: str | Path, key: str, suffix: str) -> Path:
     return Path(work_dir) / "pieces" / f"{key}.{suffix}"
 
 
-def is_valid_document(digest: bytes, valid_fraction: float) -> bool:
-    """The first 8 digest bytes as a number in [0, 1) below ``valid_fraction``."""
-    return int.from_bytes(digest[:8], "little") < valid_fraction * 2.0**64
+def valid_documents(digests: bytes, valid_fraction: float) -> np.ndarray:
+    """Which of the concatenated ``DIGEST_BYTES``-byte digests mark a valid document: those
+    whose first 8 bytes, a little-endian number in [0, 2**64), are below ``valid_fraction *
+    2.0**64``. An integer is below a float exactly when it is below the float's ceiling, so
+    the comparison in uint64 is exact."""
+    leading = np.frombuffer(digests, dtype="<u8").reshape(-1, DIGEST_BYTES // 8)[:, 0]
+    return leading < np.uint64(math.ceil(valid_fraction * 2.0**64))
+
+
+@dataclass
+class EncodedBatch:
+    """The token ids of a batch of documents, back to back, and each document's count."""
+
+    ids: np.ndarray        # signed integers, as the tokenizer gives them
+    lengths: np.ndarray    # <u4, one per document
+
+    @classmethod
+    def from_lists(cls, token_lists: list[list[int]]) -> "EncodedBatch":
+        lengths = np.fromiter(map(len, token_lists), dtype="<u4", count=len(token_lists))
+        ids = np.fromiter(itertools.chain.from_iterable(token_lists), dtype=np.int64,
+                          count=int(lengths.sum(dtype=np.uint64)))
+        return cls(ids, lengths)
+
+
+def _encodes_to_numpy(processor) -> bool:
+    """Whether this SentencePiece can return ids as arrays (``out_type="numpy"``, 0.2.1 on)."""
+    try:
+        processor.encode(["a"], num_threads=1, out_type="numpy")
+    except (ValueError, RuntimeError, TypeError):
+        return False
+    return True
 
 
 @functools.lru_cache(maxsize=2)
-def single_core_encoder(tokenizer_path: str) -> Callable[[list[str]], list[list[int]]]:
+def single_core_encoder(tokenizer_path: str) -> Callable[[list[str]], EncodedBatch]:
     """Batch encoding on one core: parallelism comes from workers and ranks, and the
-    tokenizers' own thread pools (all cores by default) would oversubscribe the machine."""
+    tokenizers' own thread pools (all cores by default) would oversubscribe the machine.
+
+    SentencePiece hands its ids over as one array per document: a Python int per token,
+    the default, would cost more than a tenth of the encoding itself to make and convert."""
     tokenizer = load_tokenizer(tokenizer_path)
     if isinstance(tokenizer, SentencePieceTokenizer):
         processor, spm_unk, unk = tokenizer.spm, tokenizer.spm.unk_id(), tokenizer.unk_token_id
+        to_numpy = _encodes_to_numpy(processor)
 
-        def encode(texts: list[str]) -> list[list[int]]:
-            batch = processor.encode(texts, num_threads=1)
-            if spm_unk == unk:
-                return batch
-            return [[unk if i == spm_unk else i for i in ids] for ids in batch]
+        def encode(texts: list[str]) -> EncodedBatch:
+            if to_numpy:
+                arrays = processor.encode(texts, num_threads=1, out_type="numpy")
+                batch = EncodedBatch(np.concatenate(arrays) if arrays else np.empty(0, dtype=np.int32),
+                                     np.fromiter(map(len, arrays), dtype="<u4", count=len(arrays)))
+            else:
+                batch = EncodedBatch.from_lists(processor.encode(texts, num_threads=1))
+            if spm_unk != unk:
+                batch.ids[batch.ids == spm_unk] = unk
+            return batch
 
         return encode
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    return tokenizer.encode_batch
+    return lambda texts: EncodedBatch.from_lists(tokenizer.encode_batch(texts))
 
 
 class InputReadError(Exception):
@@ -97,15 +135,16 @@ class _SplitOutput:
         self.files = {kind: open(path, "wb") for kind, path in self.temporary.items()}
         self.documents = self.tokens = 0
 
-    def append(self, token_lists: list[list[int]], digests: list[bytes]) -> None:
-        lengths = np.fromiter(map(len, token_lists), dtype="<u4", count=len(token_lists))
-        total = int(lengths.sum(dtype=np.uint64))
-        ids = np.fromiter(itertools.chain.from_iterable(token_lists), dtype=self.dtype, count=total)
-        ids.tofile(self.files["tok"])
+    def append(self, ids: np.ndarray, lengths: np.ndarray, digests: bytes) -> None:
+        """Documents of a batch: their ids back to back, their token counts and digests."""
+        if ids.size and (ids.min() < 0 or ids.max() > np.iinfo(self.dtype).max):
+            raise ValueError(f"the tokenizer gave token id {ids.min() if ids.min() < 0 else ids.max()}, which "
+                             f"{self.dtype} cannot hold: its vocabulary is larger than it says")
+        ids.astype(self.dtype, copy=False).tofile(self.files["tok"])
         lengths.tofile(self.files["len"])
-        self.files["hash"].write(b"".join(digests))
-        self.documents += len(token_lists)
-        self.tokens += total
+        self.files["hash"].write(digests)
+        self.documents += len(lengths)
+        self.tokens += ids.size
 
     def commit(self) -> None:
         for kind in self.KINDS:
@@ -136,16 +175,16 @@ def encode_piece(job: EncodeJob) -> dict:
     in_flight: list[tuple] = []
 
     def write(future, batch_digests, batch_wheres):
-        by_split = {split: ([], []) for split in SPLITS}
-        for ids, digest, number in zip(future.result(), batch_digests, batch_wheres):
-            if not ids:
-                problems.add("empty_document", reader.where(number), "no tokens after encoding")
-                continue
-            token_lists, split_digests = by_split["valid" if is_valid_document(digest, job.valid_fraction) else "train"]
-            token_lists.append(ids)
-            split_digests.append(digest)
-        for split, (token_lists, split_digests) in by_split.items():
-            outputs[split].append(token_lists, split_digests)
+        encoded = future.result()
+        for position in np.flatnonzero(encoded.lengths == 0):
+            problems.add("empty_document", reader.where(batch_wheres[position]), "no tokens after encoding")
+        digests = b"".join(batch_digests)
+        valid = valid_documents(digests, job.valid_fraction)
+        document_digests = np.frombuffer(digests, dtype=np.uint8).reshape(-1, DIGEST_BYTES)
+        kept = encoded.lengths > 0
+        for split, chosen in (("train", kept & ~valid), ("valid", kept & valid)):
+            outputs[split].append(encoded.ids[np.repeat(chosen, encoded.lengths)], encoded.lengths[chosen],
+                                  document_digests[chosen].tobytes())
 
     def flush():
         nonlocal texts, digests, wheres

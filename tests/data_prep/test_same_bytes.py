@@ -1,0 +1,93 @@
+"""``shard`` writes the bytes it always has: a change to reading, encoding, splitting or
+packing that moves a single byte fails here, however fast it is.
+
+The expected hashes were recorded from the shard code of commit 69f107f on the same
+generated input (fixed tokenizer tests/assets/spm.model); a deliberate change of the
+format must record them again and say why.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+
+import numpy as np
+import pytest
+
+from data_prep.encoding import DIGEST_BYTES, valid_documents
+
+from data_prep_helpers import TINY_SPM, run_cli
+
+WORDS = ("the", "of", "and", "people", "government", "naïve", "Straße", "東京", "café", "e\u0301te\u0301",
+         "zzqx", "1789", "Union,", "liberty.", "œuvre", "—", "“quoted”", "ﬁne", "Ångström", "x²")
+
+# sha256 of the .bin and .idx files, in name order, and of the manifest without paths.
+EXPECTED_SHARDS = "66598d995100920a48b4c6358f90eb096c112c38e1b19cbf21376e099f79368a"
+EXPECTED_MANIFEST = "e168fa3bad9ef693c1fd484a204187df0d6309b8fd6706267641a222f37add70"
+
+
+def _document(rng: random.Random) -> str:
+    lines = []
+    for _ in range(rng.randint(1, 12)):
+        line = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 40)))
+        lines.append(line + rng.choice(("", "", "", "  ", "\t", " \u3000")))   # trailing blanks are cut
+    return "\n".join(lines)
+
+
+def write_corpus(folder) -> None:
+    """About 1.5 MB in four files: text with blank and trailing space, CRLF line ends, NFD
+    letters, invalid UTF-8, documents that encode to nothing, and JSON lines."""
+    rng = random.Random(14)
+    folder.mkdir()
+    for number in range(2):
+        documents = [_document(rng) for _ in range(700)]
+        documents[100] = "\u200b"                              # no token after encoding
+        documents[200] = "broken \udcff byte"                   # written as a lone 0xff
+        text = "\n\n \n".join(documents) + "\n"
+        data = text.encode("utf-8", "surrogateescape")
+        (folder / f"part-{number}.txt").write_bytes(data)
+    (folder / "crlf.txt").write_bytes("\r\n\r\n".join(_document(rng) for _ in range(300)).replace("\n", "\r\n")
+                                      .encode())
+    records = [{"text": _document(rng)} for _ in range(300)]
+    records[10] = {"text": "lone \ud800 surrogate"}
+    records[20] = {"text": "\u200b"}
+    (folder / "records.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+
+
+def _manifest_digest(manifest: dict, inputs) -> str:
+    """The manifest's content without the absolute paths of this run's folders."""
+    kept = {key: manifest[key] for key in ("settings", "vocab_size", "special_ids", "dtype", "counts", "splits")}
+    kept["problems"] = [{**p, "where": p["where"].replace(str(inputs), "IN")} for p in manifest["problems"]]
+    kept["inputs"] = [{"name": i["path"].rsplit("/", 1)[-1], "bytes": i["bytes"]} for i in manifest["inputs"]]
+    kept["tokenizer"] = manifest["tokenizer"]["files"]
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
+
+
+def test_shard_writes_the_recorded_bytes(tmp_path):
+    inputs, output = tmp_path / "in", tmp_path / "data"
+    write_corpus(inputs)
+    run_cli("shard", "--input", f"{inputs}/*", "--tokenizer", TINY_SPM, "--output", output, "--seq_len", 64,
+            "--valid_fraction", 0.3, "--shard_size_mb", 0.25, "--piece_size_mb", 0.25, "--workers", 2,
+            "--progress_interval", 1000)
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert manifest["counts"]["problems"] == {"empty_document": 3, "invalid_utf8": 3}
+    shards = sorted([*output.glob("*.bin"), *output.glob("*.idx")])
+    assert len(shards) == 2 * sum(len(split["shards"]) for split in manifest["splits"].values()) > 8
+    digest = hashlib.sha256()
+    for path in shards:
+        digest.update(f"{path.name} {hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
+    assert digest.hexdigest() == EXPECTED_SHARDS
+    assert _manifest_digest(manifest, inputs) == EXPECTED_MANIFEST
+
+
+@pytest.mark.parametrize("valid_fraction", [0.0, 0.005, 0.3, 0.5, 1 - 2**-53])
+def test_split_rule_on_a_batch_is_the_exact_integer_rule(valid_fraction):
+    rng = np.random.default_rng(0)
+    digests = rng.integers(0, 256, size=(4096, DIGEST_BYTES), dtype=np.uint8)
+    threshold = valid_fraction * 2.0**64
+    # Digests whose leading number sits right at the threshold, where a float comparison would err.
+    for row, leading in enumerate(int(threshold) + offset for offset in (-2, -1, 0, 1, 2)):
+        if 0 <= leading < 2**64:
+            digests[row, :8] = np.frombuffer(leading.to_bytes(8, "little"), dtype=np.uint8)
+    expected = [int.from_bytes(bytes(d[:8]), "little") < threshold for d in digests]
+    assert valid_documents(digests.tobytes(), valid_fraction).tolist() == expected
