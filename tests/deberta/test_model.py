@@ -292,3 +292,39 @@ def test_bf16_model_on_512_tokens_is_finite_and_close_to_fp32():
             half = model(ids).logits
     assert torch.isfinite(half).all()
     assert (half.float() - full).abs().max() < 0.1
+
+
+@pytest.mark.parametrize("changes, length, rows", [
+    (dict(model_type="deberta", position_buckets=-1, max_relative_positions=-1), 9, 17),  # v1: S = 64
+    (dict(), 3, 5),             # 8 buckets, S = 8: distances 0..2 stay exact
+    (dict(), 40, 16),           # every bucket reachable: the whole table, unshifted
+    # 16 buckets: distance 11 goes to 8 + ceil(ln(11/8) / ln(31/8) * 7) = 10, so 2 x 10 + 1 rows
+    (dict(position_buckets=16), 12, 21),
+])
+def test_only_the_reachable_relative_rows_are_used_with_the_same_outputs(changes, length, rows):
+    """A short sequence projects and multiplies against the 2m + 1 relative rows its
+    distances reach (m = bucket(L - 1)), and its outputs and gradients equal those of the
+    whole 2S-row table, whose index is the unshifted one."""
+    torch.manual_seed(0)
+    config = DebertaConfig(**{**TINY, **changes, "max_position_embeddings": 64})
+    model = DebertaModel(config).eval()  # dropout off: the pos dropout draws per row
+    encoder = model.encoder
+    embeddings, index = encoder.relative_inputs(length, "cpu")
+    assert embeddings.shape[0] == rows
+    assert int(index.min()) == 0 and int(index.max()) == rows - 1 and int(index[0, 0]) == rows // 2
+    # The same memory each call, so that the fused kernel's layout derived from it is kept too.
+    assert encoder.relative_inputs(length, "cpu")[1].data_ptr() == index.data_ptr()
+    ids = torch.randint(5, 120, (2, length))
+    mask = torch.ones(2, length, dtype=torch.long)
+    mask[1, length // 2:] = 0
+    windowed = model(ids, mask).last_hidden_state
+    windowed.square().sum().backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    encoder.reach = [config.relative_span] * len(encoder.reach)  # as if every row were reachable
+    whole = model(ids, mask).last_hidden_state
+    whole.square().sum().backward()
+    torch.testing.assert_close(windowed, whole, rtol=0, atol=1e-6)
+    for name, p in model.named_parameters():
+        if name in grads:
+            torch.testing.assert_close(grads[name], p.grad, rtol=1e-5, atol=1e-6, msg=name)

@@ -38,7 +38,7 @@ def test_an_encoder_layer_is_one_graph_in_training():
     encoder = model.deberta.encoder
     states, mask = torch.randn(2, 16, 64), torch.ones(2, 16, dtype=torch.long)
     mask[1, 10:] = 0
-    rel_embeddings, rel_index = encoder.relative_embeddings(), encoder.relative_index(16, states.device)
+    rel_embeddings, rel_index = encoder.relative_inputs(16, states.device)
     query_positions = torch.tensor([[1, 4, 7], [2, 3, 0]])
     query = torch.randn(2, 3, 64)
     for arguments in ((states, mask, rel_embeddings, rel_index),
