@@ -1,6 +1,6 @@
 """Our model and attention against every peer on one GPU, in one run, headline shape first.
 
-    python -m bench.gpu_attention                    # every group below, about 5 1/2 minutes
+    python -m bench.gpu_attention                    # every group below, about 6 minutes
     python -m bench.gpu_attention --groups v3-base-mlm --budget 200
     python -m bench.gpu_attention --dry-run          # CPU smoke test of this script: tiny shapes
 
@@ -11,6 +11,19 @@ system, each in its own subprocess so that its peak memory is its own. Row group
                  DebertaV2ForMaskedLM eager, with torch.compile, and with disentangled-flash
                  (when the package is importable); ours with each attention backend, and
                  compiled (every encoder layer, as --compile does: training/compile.py).
+  v3-base-finetune  finetuning: DeBERTa-v3-base sequence classification, forward + backward +
+                 AdamW, bf16 autocast, batches of 32 drawn from the token lengths of GLUE
+                 training files (bench/glue_lengths.json: SST-2 sentences, and RTE pairs in
+                 place of MNLI, which the data lacks), cut at --finetune_max_length, the same
+                 batches for every system. transformers' DebertaV2ForSequenceClassification
+                 eager, each batch padded to its longest as a dynamic-padding collator does;
+                 ours padded (ours-sdpa), packed with no padding (-unpadded: cu_seqlens, as
+                 finetuning's --unpadded) on sdpa and on the fused Triton kernels, and packed
+                 compiled as --compile does (its graph is built for the first batch's shape,
+                 then once more with dynamic shapes; --finetune_warmup covers both). Tokens/s
+                 counts real tokens, so packing shows as speed; no FLOP count (padded and
+                 packed systems do different work on the same batches). One process per system
+                 measures both distributions, SST-2 first.
   v3-base-rtd    replaced-token detection, decoupled as v3 trains it: the generator (half the
                  depth) forward + backward, replacements sampled at the targets, then the
                  discriminator forward + backward on them. transformers has no RTD model; its
@@ -24,7 +37,7 @@ system, each in its own subprocess so that its peak memory is its own. Row group
                  and gradients: 12 GB). ZeRO-3 is not measured here: it shards across GPUs, and
                  on one GPU it would only add its gather hooks.
 
-Every model row reports tokens/s, peak allocated memory and model TFLOP/s. The FLOP count is
+Every pretraining row reports tokens/s, peak allocated memory and model TFLOP/s. The FLOP count is
 the same for ours and for the peers at one shape, so that the TFLOP/s ratios equal the speed
 ratios: the work of the model as transformers computes it, i.e. the 128K-way output at every
 position, no enhanced mask decoder (pretrain/metrics.py forward_flops_per_token with
@@ -62,6 +75,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import subprocess
 import sys
 import time
@@ -80,11 +94,16 @@ class Group:
     """One row group: a model, a workload, a shape, its systems and its share of the budget."""
     name: str
     preset: str
-    objective: str  # mlm or rtd
+    objective: str  # mlm, rtd (pretraining at --seq) or classification (finetuning on GLUE lengths)
     batch: int
     systems: tuple[str, ...]
     budget_s: float
     checkpointing: bool = False
+    distributions: tuple[str, ...] = ()  # classification: length distributions of bench/glue_lengths.json
+
+    @property
+    def finetuning(self) -> bool:
+        return self.objective == "classification"
 
 
 # Headline first; in each group the rows that matter most first (the last ones are cut
@@ -94,16 +113,44 @@ class Group:
 GROUPS = (
     Group("v3-base-mlm", "deberta-v3-base", "mlm", 32,
           ("hf-eager", "hf-compile", "hf-disentangled-flash", "ours-triton", "ours-sdpa", "ours-triton-compiled",
-           "ours-eager", "ours-sdpa-compiled"), budget_s=200),
+           "ours-eager", "ours-sdpa-compiled"), budget_s=190),
+    Group("v3-base-finetune", "deberta-v3-base", "classification", 32,
+          ("hf-eager", "ours-triton-unpadded", "ours-sdpa", "ours-sdpa-unpadded", "ours-triton-unpadded-compiled"),
+          budget_s=60, distributions=("SST-2", "RTE")),
     Group("v3-base-rtd", "deberta-v3-base", "rtd", 32, ("hf-eager", "ours-sdpa", "ours-triton",
-                                                       "ours-triton-compiled"), budget_s=35),
+                                                       "ours-triton-compiled"), budget_s=30),
     Group("v3-large-mlm", "deberta-v3-large", "mlm", 32,
-          ("hf-eager", "hf-disentangled-flash", "ours-sdpa", "ours-triton", "ours-triton-compiled"), budget_s=35),
+          ("hf-eager", "hf-disentangled-flash", "ours-sdpa", "ours-triton", "ours-triton-compiled"), budget_s=30),
     Group("xxlarge-mlm", "deberta-v2-xxlarge", "mlm", 8, ("hf-eager", "ours-sdpa", "ours-triton"),
-          budget_s=35, checkpointing=True),
+          budget_s=30, checkpointing=True),
 )
-KERNEL_BUDGET_S = 25
+KERNEL_BUDGET_S = 20
 GROUP_NAMES = tuple(group.name for group in GROUPS)
+# --dry-run's systems when --systems is not given, every code path in a few minutes: in the
+# pretraining groups a peer, the peer compiled and ours compiled (RTD on both sides,
+# checkpointing, both ways of compiling); in the finetuning group the peer and ours padded,
+# ours packed through the Triton kernels (the interpreter on CPU) and packed compiled (on
+# sdpa: dynamo cannot trace the Triton interpreter).
+DRY_RUN_SYSTEMS = {False: ("hf-eager", "hf-compile", "ours-sdpa-compiled"),
+                   True: ("hf-eager", "ours-sdpa", "ours-triton-unpadded", "ours-sdpa-unpadded-compiled")}
+
+
+def parse_system(system: str) -> tuple[str, bool, bool]:
+    """(attention backend, packed, compiled) of one of ours: ``ours-<backend>[-unpadded][-compiled]``."""
+    name = system.removeprefix("ours-")
+    compiled, name = name.endswith("-compiled"), name.removesuffix("-compiled")
+    unpadded, name = name.endswith("-unpadded"), name.removesuffix("-unpadded")
+    return name, unpadded, compiled
+
+
+def group_systems(group: Group, args) -> tuple[str, ...]:
+    """The systems measured in ``group``: --systems (packed ones in the finetuning group only:
+    pretraining sequences are full-length, nothing to unpad), the dry run's, or its own."""
+    if args.systems:
+        return tuple(s for s in args.systems.split(",") if s and (group.finetuning or not parse_system(s)[1]))
+    if args.dry_run:
+        return DRY_RUN_SYSTEMS[group.finetuning]
+    return group.systems
 
 
 # ---------------------------------------------------------------------------------------
@@ -133,30 +180,31 @@ def step_flops_per_token(group: Group, args) -> float:
 
 
 def build_models(system: str, group: Group, args, device) -> list:
-    """[model] for MLM, [generator, discriminator] for RTD, on ``device``, checkpointing and
-    compilation applied."""
+    """[model] for MLM and classification, [generator, discriminator] for RTD, on ``device``,
+    checkpointing and compilation applied."""
     config = model_config(group, args)
-    configs = [config] if group.objective == "mlm" else [model_config(group, args, **generator_changes(config)),
-                                                        config]
-    heads = ["masked_lm"] if group.objective == "mlm" else ["masked_lm", "rtd"]
+    if group.objective == "rtd":
+        configs = [model_config(group, args, **generator_changes(config)), config]
+        heads = ["masked_lm", "replaced_token_detection"]
+    else:
+        configs, heads = [config], ["sequence_classification" if group.finetuning else "masked_lm"]
     models = []
     for config, head in zip(configs, heads):
         if system.startswith("ours-"):
-            from deberta import DebertaForMaskedLM, DebertaForReplacedTokenDetection
+            from deberta import build_model
 
-            backend = system.removeprefix("ours-").removesuffix("-compiled")
-            kind = DebertaForMaskedLM if head == "masked_lm" else DebertaForReplacedTokenDetection
-            model = kind(config.replace(attention_backend=backend))
+            model = build_model(config.replace(attention_backend=parse_system(system)[0]), head)
         else:
             import transformers
             from deberta.checkpoint import hf_config
 
-            values = hf_config(config, "masked_lm")
-            if head == "masked_lm":
-                model = transformers.DebertaV2ForMaskedLM(transformers.DebertaV2Config(**values))
-            else:  # ELECTRA's discriminator: one logit per token
+            if head == "replaced_token_detection":  # ELECTRA's discriminator: one logit per token
                 model = transformers.DebertaV2ForTokenClassification(
-                    transformers.DebertaV2Config(**{**values, "num_labels": 1}))
+                    transformers.DebertaV2Config(**{**hf_config(config, "masked_lm"), "num_labels": 1}))
+            else:
+                kind = getattr(transformers, {"masked_lm": "DebertaV2ForMaskedLM",
+                                              "sequence_classification": "DebertaV2ForSequenceClassification"}[head])
+                model = kind(transformers.DebertaV2Config(**hf_config(config, head)))
         model = model.to(device).train()
         if group.checkpointing:
             model.gradient_checkpointing_enable()
@@ -239,6 +287,93 @@ def model_worker(system: str, group: Group, args) -> dict:
 
 def group_batch(group: Group, args) -> int:
     return args.batch or group.batch
+
+
+# ---------------------------------------------------------------------------------------
+# Part 1, finetuning: sequence classification on GLUE length distributions
+# ---------------------------------------------------------------------------------------
+def finetune_batches(group: Group, args, distribution: str) -> list[list[int]]:
+    """The sequence lengths of every batch, warm-up batches first: drawn from the
+    distribution's histogram (bench/glue_lengths.json), cut at --finetune_max_length.
+    Seeded, so every system (each in its own process) trains on the same batches."""
+    from bench import glue_lengths
+
+    counts = glue_lengths.load()[distribution]
+    lengths, weights = zip(*sorted(counts.items()))
+    rng = random.Random(0)
+    return [[min(n, args.finetune_max_length) for n in rng.choices(lengths, weights, k=group_batch(group, args))]
+            for _ in range(args.finetune_warmup + args.finetune_steps)]
+
+
+def classification_inputs(lengths: list[int], packed: bool, vocab: int, generator, device) -> dict:
+    """One batch of random tokens with these lengths and binary labels: packed end to end
+    (``cu_seqlens``, as --unpadded) or padded to the batch's longest with an attention mask
+    (as a dynamic-padding collator, ``finetune.data.pad_batch`` or transformers', pads)."""
+    sequences = [torch.randint(5, vocab, (n,), generator=generator) for n in lengths]
+    inputs = {"labels": torch.randint(0, 2, (len(lengths),), generator=generator)}
+    if packed:
+        inputs.update(input_ids=torch.cat(sequences), max_seqlen=max(lengths),
+                      cu_seqlens=torch.tensor([0, *lengths]).cumsum(0).to(torch.int32))
+    else:
+        ids = torch.zeros(len(lengths), max(lengths), dtype=torch.long)  # 0: v3's [PAD]
+        for row, sequence in enumerate(sequences):
+            ids[row, :len(sequence)] = sequence
+        real = torch.arange(ids.shape[1]) < torch.tensor(lengths)[:, None]
+        inputs.update(input_ids=ids, attention_mask=real.long())
+    return {name: value.to(device) if isinstance(value, torch.Tensor) else value for name, value in inputs.items()}
+
+
+def finetune_worker(system: str, group: Group, args) -> dict:
+    """{distribution: figures}: forward, backward and AdamW steps of one classifier on the
+    same batches as every other system; tokens/s counts real tokens, not padding."""
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    torch.manual_seed(0)
+    (model,) = build_models(system, group, args, device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5)
+    packed = system.startswith("ours-") and parse_system(system)[1]
+
+    def step(inputs):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            loss = model(**inputs).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    results = {}
+    for distribution in group.distributions:  # one process for all: compiled graphs carry over
+        generator = torch.Generator().manual_seed(0)
+        lengths = finetune_batches(group, args, distribution)
+        batches = [classification_inputs(batch, packed, model.config.vocab_size, generator, device)
+                   for batch in lengths]
+        for inputs in batches[:args.finetune_warmup]:  # compiled rows: the static graph, then the dynamic one
+            step(inputs)
+        synchronize(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        for inputs in batches[args.finetune_warmup:]:
+            step(inputs)
+        synchronize(device)
+        seconds = time.perf_counter() - start
+        results[distribution] = {
+            "seconds_per_step": seconds / args.finetune_steps,
+            "tokens_per_s": sum(map(sum, lengths[args.finetune_warmup:])) / seconds,
+            "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
+    return results
+
+
+def describe_batches(group: Group, args) -> dict:
+    """What every system of the finetuning group trains on, per distribution: the lengths of
+    the measured batches and the share of a padded batch that is padding."""
+    described = {}
+    for distribution in group.distributions:
+        measured = finetune_batches(group, args, distribution)[args.finetune_warmup:]
+        real = sum(map(sum, measured))
+        padded = sum(len(batch) * max(batch) for batch in measured)
+        described[distribution] = {"mean_length": real / sum(map(len, measured)),
+                                   "longest": max(map(max, measured)), "padding_fraction": 1 - real / padded}
+    return described
 
 
 def synchronize(device):
@@ -363,7 +498,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--groups", default=",".join(GROUP_NAMES), help=f"comma-separated, of {GROUP_NAMES}; '' for none")
     parser.add_argument("--systems", default="",
-                        help="comma-separated: these systems in every group instead of each group's own")
+                        help="comma-separated: these systems in every group instead of each group's own "
+                             "(ours-<backend>-unpadded[-compiled] in the finetuning group only)")
     parser.add_argument("--batch", type=int, default=0, help="every group's batch (0: each group's own)")
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
@@ -376,6 +512,15 @@ def main(argv=None):
     parser.add_argument("--kernel_tokens", type=int, default=16384)
     parser.add_argument("--kernel_heads", type=int, default=12)
     parser.add_argument("--kernel_head_dim", type=int, default=64)
+    parser.add_argument("--finetune_max_length", type=int, default=256,
+                        help="finetuning group: longer sequences are cut to this many tokens (256 of the test "
+                             "tokenizer's pieces are about GLUE's usual 128 of a released model's: "
+                             "bench/glue_lengths.py)")
+    parser.add_argument("--finetune_steps", type=int, default=20,
+                        help="finetuning group: measured steps per distribution")
+    parser.add_argument("--finetune_warmup", type=int, default=3,
+                        help="finetuning group: steps before measuring, per distribution (compiled rows build a "
+                             "graph for the first batch's shape, then one with dynamic shapes)")
     parser.add_argument("--timeout", type=float, default=150, help="seconds for each system at most")
     parser.add_argument("--budget", type=float, default=0,
                         help="seconds for the whole run, shared among the groups and the kernels in proportion "
@@ -383,8 +528,9 @@ def main(argv=None):
                              % (sum(g.budget_s for g in GROUPS) + KERNEL_BUDGET_S))
     parser.add_argument("--dry-run", action="store_true",
                         help="CPU smoke test of the script: every group and part with 2 layers of hidden 64, "
-                             "batch 2 x 32, fp32, 1 step; compiled rows with the eager compile backend, "
-                             "ours-sdpa-compiled in their place (dynamo cannot trace the Triton interpreter)")
+                             "batch 2 x 32, fp32, 1 step (finetuning: 1 warm-up and 2 measured per "
+                             "distribution); compiled rows with the eager compile backend, on sdpa (dynamo "
+                             "cannot trace the Triton interpreter)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     add_json_argument(parser, "gpu_attention")
     args = parser.parse_args(argv)
@@ -396,13 +542,10 @@ def main(argv=None):
         args.model_overrides = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=2,
                                     intermediate_size=128, embedding_size=64, vocab_size=500)
         args.kernel_lengths, args.kernel_tokens, args.kernel_heads = "32", 64, 2
+        args.finetune_max_length, args.finetune_steps, args.finetune_warmup = args.seq, 2, 1
         args.compile_backend = "eager"  # the compiled code path without minutes of code generation
         if not any(arg.startswith("--json") for arg in argv):
             args.json = ""  # a CPU smoke test's figures are no benchmark for bench/results/
-        if "--systems" not in " ".join(argv):
-            # A peer, the peer compiled and ours compiled in every group: every code path
-            # (RTD on both sides, checkpointing, both ways of compiling) in a few minutes.
-            args.systems = "hf-eager,hf-compile,ours-sdpa-compiled"
         if "--kernels" not in " ".join(argv):
             args.kernels = "sdpa,triton"
     args.kernel_lengths = [int(n) for n in str(args.kernel_lengths).split(",")]
@@ -412,44 +555,66 @@ def main(argv=None):
     from deberta.attention import ATTENTION_BACKENDS
 
     for system in filter(None, args.systems.split(",")):
-        backend = system.removeprefix("ours-").removesuffix("-compiled")
-        if system not in PEER_SYSTEMS and not (system.startswith("ours-") and backend in ATTENTION_BACKENDS):
+        ours = system.startswith("ours-") and parse_system(system)[0] in ATTENTION_BACKENDS
+        if system not in PEER_SYSTEMS and not ours:
             parser.error(f"--systems: unknown system {system!r}; known: {', '.join(PEER_SYSTEMS)}, "
-                         f"ours-<backend> or ours-<backend>-compiled with a backend of {sorted(ATTENTION_BACKENDS)}")
+                         f"ours-<backend>[-unpadded][-compiled] with a backend of {sorted(ATTENTION_BACKENDS)}")
 
     if args.worker:  # a subprocess: one system, one JSON line
-        part, group, system = args.worker.split(":")
-        result = model_worker(system, groups[group], args) if part == "model" else kernel_worker(system, args)
+        part, name, system = args.worker.split(":")
+        if part == "kernel":
+            result = kernel_worker(system, args)
+        else:
+            worker = finetune_worker if groups[name].finetuning else model_worker
+            result = worker(system, groups[name], args)
         print("RESULT " + json.dumps(result))
         return
 
     chosen = [groups[name] for name in filter(None, args.groups.split(","))]
-    replacement = tuple(filter(None, args.systems.split(",")))
     shares = [group.budget_s for group in chosen] + [KERNEL_BUDGET_S if args.kernels else 0]
     scale = args.budget / sum(shares) if args.budget and sum(shares) else 1.0
     deadlines = [scale * sum(shares[:i + 1]) for i in range(len(shares))]
     started = time.perf_counter()
     record = {"dtype": args.dtype, "seq": args.seq, "device": args.device,
               "workload": "training step: forward + backward, 15 % targets, no optimizer",
+              "finetune_workload": "sequence classification: forward + backward + AdamW on batches drawn from GLUE "
+                                   "length distributions; tokens/s of real tokens",
               "flops": "the peers' model work at the same shape: output at every position, no enhanced mask "
                        "decoder, x3 for the backward (module docstring)",
               "groups": {}, "kernels": {}}
     for group, deadline in zip(chosen, deadlines):
         entry = record["groups"][group.name] = {
             "preset": group.preset, "objective": group.objective, "batch": group_batch(group, args),
-            "activation_checkpointing": group.checkpointing,
-            "step_gflop_per_token": step_flops_per_token(group, args) / 1e9, "models": {}}
-        print(f"{group.name}: {group.preset} {group.objective.upper()}, batch {entry['batch']} x {args.seq}, "
-              f"{args.dtype}{', activation checkpointing' if group.checkpointing else ''}, on {args.device}", flush=True)
-        for system in replacement or group.systems:
+            "activation_checkpointing": group.checkpointing, "models": {}}
+        if group.finetuning:
+            entry.update(max_length=args.finetune_max_length, steps=args.finetune_steps,
+                         distributions=describe_batches(group, args))
+            print(f"{group.name}: {group.preset} sequence classification + AdamW, batch {entry['batch']} from "
+                  f"{', '.join(group.distributions)} lengths (at most {args.finetune_max_length}), {args.dtype}, "
+                  f"on {args.device}", flush=True)
+        else:
+            entry["step_gflop_per_token"] = step_flops_per_token(group, args) / 1e9
+            print(f"{group.name}: {group.preset} {group.objective.upper()}, batch {entry['batch']} x {args.seq}, "
+                  f"{args.dtype}{', activation checkpointing' if group.checkpointing else ''}, on {args.device}",
+                  flush=True)
+        for system in group_systems(group, args):
             seconds = time_left(deadline, args.timeout, started)
             if seconds < 10:
                 figures = {"error": "not run: this group's share of the time budget was spent"}
             else:
                 figures = run_worker(f"model:{group.name}:{system}", argv, seconds)
             entry["models"][system] = figures
-            entry["summary"] = summarise_models(entry["models"])
-            print_model_row(system, figures, entry["summary"])
+            if group.finetuning:
+                entry["summary"] = {distribution: summarise_models(by_distribution(entry["models"], distribution))
+                                    for distribution in group.distributions}
+                for distribution in group.distributions if "error" not in figures else ():
+                    print_model_row(f"{system} {distribution}", figures[distribution],
+                                    entry["summary"][distribution], system)
+                if "error" in figures:
+                    print_model_row(system, figures, {})
+            else:
+                entry["summary"] = summarise_models(entry["models"])
+                print_model_row(system, figures, entry["summary"])
             save(args, argv, record)
     for system in filter(None, args.kernels.split(",")):
         seconds = time_left(deadlines[-1], args.timeout, started)
@@ -468,15 +633,45 @@ def main(argv=None):
     return record
 
 
-def print_model_row(system: str, figures: dict, summary: dict) -> None:
+def by_distribution(models: dict, distribution: str) -> dict:
+    """{system: its figures on one length distribution} of the finetuning group's systems that ran."""
+    return {system: figures[distribution] for system, figures in models.items() if distribution in figures}
+
+
+def print_model_row(label: str, figures: dict, summary: dict, system: str = "") -> None:
     if "error" in figures:
-        print(f"  {system:24s} not measured: {figures['error']}", flush=True)
+        print(f"  {label:36s} not measured: {figures['error']}", flush=True)
         return
     peak = f"{figures['peak_gib']:.1f} GiB" if figures["peak_gib"] is not None else "-"
-    ratio = summary.get(system, {}).get("speed_vs_best_peer")
+    ratio = summary.get(system or label, {}).get("speed_vs_best_peer")
     ratio = f"  x{ratio:.2f} of the best peer ({summary['best_peer']})" if ratio else ""
-    print(f"  {system:24s} {figures['tokens_per_s'] / 1e3:8.1f} K tokens/s  {figures['model_tflops']:7.1f} "
-          f"model TFLOP/s  peak {peak}{ratio}", flush=True)
+    tflops = f"  {figures['model_tflops']:7.1f} model TFLOP/s" if "model_tflops" in figures else ""
+    print(f"  {label:36s} {figures['tokens_per_s'] / 1e3:8.1f} K tokens/s{tflops}  peak {peak}{ratio}", flush=True)
+
+
+def finetune_rows(name: str, entry: dict, args, rows: list, notes: list, number) -> None:
+    """The finetuning group's table rows, one per distribution and system, and its notes."""
+    for distribution, batches in entry["distributions"].items():
+        summary = entry.get("summary", {}).get(distribution, {})
+        for system, figures in entry["models"].items():
+            label = f"{name} {distribution}"
+            if distribution not in figures:
+                rows.append([label, system, "not measured", "-", "-", "-", "-"])
+                continue
+            figures, ratios = figures[distribution], summary.get(system, {})
+            rows.append([label, system, number(figures["tokens_per_s"] / 1e3, "{:.1f} K"), "-",
+                         number(ratios.get("speed_vs_best_peer"), "x{:.2f}"), number(figures["peak_gib"], "{:.1f}"),
+                         number(ratios.get("memory_vs_hf_eager"), "x{:.2f}")])
+        notes.append(f"{name} {distribution}: measured batches of mean length {batches['mean_length']:.1f} tokens, "
+                     f"longest {batches['longest']}; padding to each batch's longest makes "
+                     f"{100 * batches['padding_fraction']:.0f} % of a padded batch padding")
+    notes += [f"{name}, {system}: {figures['error']}" for system, figures in entry["models"].items()
+              if "error" in figures]
+    notes.append(f"{name}: {entry['preset']} sequence classification (2 labels), forward + backward + AdamW, batch "
+                 f"{entry['batch']} drawn from GLUE training lengths (bench/glue_lengths.json) cut at "
+                 f"{entry['max_length']}, {args.dtype}, {entry['steps']} measured steps per distribution, the same "
+                 f"batches for every system; transformers and ours-<backend> pad each batch to its longest, "
+                 f"-unpadded packs it (cu_seqlens, as finetuning's --unpadded)")
 
 
 def save(args, argv, record) -> None:
@@ -486,6 +681,9 @@ def save(args, argv, record) -> None:
 
     rows, notes = [], []
     for name, entry in record["groups"].items():
+        if "distributions" in entry:
+            finetune_rows(name, entry, args, rows, notes, number)
+            continue
         for system, figures in entry["models"].items():
             if "error" in figures:
                 rows.append([name, system, "not measured", "-", "-", "-", "-"])
@@ -508,6 +706,11 @@ def save(args, argv, record) -> None:
                          f"extra peak {number(row['extra_peak_gib'], '{:.2f} GiB')}")
     notes.append("model TFLOP/s: the peers' model work (output at every position, no decoder), the same count for "
                  "every system of a group; ours computes the output at the targets only (bench/gpu_attention.py)")
+    if any("distributions" in entry for entry in record["groups"].values()):
+        notes.append("finetuning rows: tokens/s of real tokens (padding not counted); no FLOP count, since padded "
+                     "and packed systems do different work on the same batches. Lengths in the pieces of the "
+                     "test tokenizer (tests/assets/spm.model, about twice as many as DeBERTa-v3's); MNLI is not "
+                     "in the data, RTE's pairs stand in for it (bench/glue_lengths.py)")
     write_result(args.json, benchmark="gpu_attention",
                  title=f"Our model and attention against the peers, {args.dtype}, sequence {args.seq}",
                  command=command_line("bench.gpu_attention", argv), results=record,

@@ -33,12 +33,27 @@ BENCHMARKS = {
                       "One training step (forward + backward, 15 % targets) per system, each in its own process, "
                       "bf16, sequence 512: transformers' DebertaV2ForMaskedLM eager, compiled and with "
                       "disentangled-flash against ours with each attention backend and compiled; row groups "
-                      "v3-base MLM batch 32 (the headline), v3-base RTD (generator then discriminator; the peer "
-                      "built from DebertaV2ForMaskedLM and DebertaV2ForTokenClassification), v3-large MLM and "
-                      "the 1.5B model (batch 8, activation checkpointing, one GPU, no ZeRO); then the attention "
-                      "alone at 512 and 2048 against flex_attention. Model TFLOP/s counts the same work for every "
-                      "system of a group, the peers' (the output at every position), so it ranks as tokens/s does "
-                      "(bench/gpu_attention.py)."),
+                      "v3-base MLM batch 32 (the headline), v3-base finetuning (below), v3-base RTD (generator "
+                      "then discriminator; the peer built from DebertaV2ForMaskedLM and "
+                      "DebertaV2ForTokenClassification), v3-large MLM and the 1.5B model (batch 8, activation "
+                      "checkpointing, one GPU, no ZeRO); then the attention alone at 512 and 2048 against "
+                      "flex_attention. Model TFLOP/s counts the same work for every system of a group, the "
+                      "peers' (the output at every position), so it ranks as tokens/s does "
+                      "(bench/gpu_attention.py).\n\n"
+                      "The finetuning rows (group `v3-base-finetune SST-2` and `... RTE`): DeBERTa-v3-base "
+                      "sequence classification, forward + backward + AdamW, bf16, batches of 32 whose lengths "
+                      "are drawn from the token lengths of the SST-2 and RTE training files "
+                      "(`bench/glue_lengths.json`, written by `python -m bench.glue_lengths` from "
+                      "../shared/data/glue, so that the GPU machine needs no data), the same batches for every "
+                      "system. transformers' DebertaV2ForSequenceClassification eager pads each batch to its "
+                      "longest (as dynamic padding does); ours runs padded (`ours-sdpa`), packed with no padding "
+                      "(`-unpadded`: cu_seqlens, as `finetune --unpadded`) on sdpa and on the fused Triton "
+                      "kernels, and packed compiled (`--compile`). Tokens/s counts real tokens only, so the "
+                      "padding a system skips shows as speed. MNLI is not among the data: RTE's sentence pairs "
+                      "stand in as the pair distribution (its premises are longer than MNLI's). The lengths are "
+                      "in pieces of the repository's test tokenizer (tests/assets/spm.model, 1000 pieces), about "
+                      "twice as many as DeBERTa-v3's 128K vocabulary makes, so sequences are cut at 256, about "
+                      "GLUE's usual 128 of a released model."),
     "data_prep": ("Data preparation", "python -m bench.data_prep",
                   "`python -m data_prep shard` end to end against raw SentencePiece encoding on the same text "
                   "and cores, and the peak memory of one process on a quarter and on all of the input."),
@@ -72,9 +87,10 @@ No GPU figure has been measured yet: every figure below comes from a CPU. `bash 
 takes them on a machine with a GPU in at most 8 minutes, headline first, each figure written
 as soon as it is measured: tokens/s, model TFLOP/s and peak memory of transformers eager,
 compiled and with disentangled-flash against ours with each attention backend (the fused
-`triton` kernels included) and compiled, at v3-base MLM 512 bf16 batch 32, v3-base RTD,
-v3-large MLM and the 1.5B model; the attention alone at 512 and 2048; then the GPU tests
-and the full training step.
+`triton` kernels included) and compiled, at v3-base MLM 512 bf16 batch 32, v3-base
+finetuning on SST-2 and RTE token lengths (padded against packed, `--unpadded`, and
+compiled), v3-base RTD, v3-large MLM and the 1.5B model; the attention alone at 512 and
+2048; then the GPU tests and the full training step.
 """
 
 
