@@ -25,7 +25,7 @@ import numpy as np
 
 from deberta.tokenizer import SentencePieceTokenizer, load_tokenizer
 
-from .inputs import UNREADABLE_ERRORS, Piece, PieceReader, ProblemLog, normalize_text
+from .inputs import Piece, PieceReader, ProblemLog, normalize_text, unreadable_errors
 from .shard_format import commit, temporary_name, write_atomically
 
 SPLITS = ("train", "valid")
@@ -119,7 +119,7 @@ def _guarded(documents: Iterator) -> Iterator:
     """Reading errors become ``InputReadError``; errors of this code stay what they are."""
     try:
         yield from documents
-    except UNREADABLE_ERRORS as error:
+    except unreadable_errors() as error:
         raise InputReadError(f"{type(error).__name__}: {error}") from error
 
 

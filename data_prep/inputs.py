@@ -21,14 +21,12 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import unicodedata
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
-
-import pyarrow
-import pyarrow.parquet
 
 from deberta.errors import InputError
 
@@ -54,8 +52,14 @@ class BadInputPattern(InputError, ValueError):
     """An ``--input`` that names no usable file; the message says which and why."""
 
 
-# Exceptions that mean "this input cannot be read", as opposed to a bug in this code.
-UNREADABLE_ERRORS = (UnreadableInput, OSError, EOFError, zlib.error, pyarrow.ArrowException)
+def unreadable_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean "this input cannot be read", as opposed to a bug in this code.
+
+    pyarrow is imported by the first parquet or arrow input, not before: text inputs never
+    load it (a twentieth of a second at the start of every run), and an ArrowException can
+    only come from a process that did."""
+    pyarrow = sys.modules.get("pyarrow")
+    return (UnreadableInput, OSError, EOFError, zlib.error, *((pyarrow.ArrowException,) if pyarrow else ()))
 
 
 def binary_reason(head: bytes) -> str | None:
@@ -189,6 +193,7 @@ def plan_pieces(inputs: list[tuple[str, str, bool]], piece_bytes: int) -> list[P
             spans = [(start, min(start + piece_bytes, size), min(piece_bytes, size - start))
                      for start in range(0, max(size, 1), piece_bytes)]
         elif fmt == "parquet" and not compressed:
+            import pyarrow.parquet
             metadata = pyarrow.parquet.ParquetFile(path).metadata
             spans = [(group, group + 1, metadata.row_group(group).total_byte_size)
                      for group in range(metadata.num_row_groups)]
@@ -316,6 +321,7 @@ class PieceReader:
                 yield number, text
 
     def _column_texts(self, batches, schema) -> Iterator[tuple[int, str]]:
+        import pyarrow.types
         if self.text_field not in schema.names:
             raise UnreadableInput(f"no column {self.text_field!r} (columns: {', '.join(schema.names)})")
         column_type = schema.field(self.text_field).type
@@ -328,6 +334,7 @@ class PieceReader:
                 row += 1
 
     def _parquet_documents(self) -> Iterator[tuple[int, str]]:
+        import pyarrow.parquet
         path = self._decompressed() if self.piece.compressed else self.piece.path
         try:
             parquet = pyarrow.parquet.ParquetFile(path)
@@ -342,6 +349,7 @@ class PieceReader:
                 os.unlink(path)
 
     def _arrow_documents(self) -> Iterator[tuple[int, str]]:
+        import pyarrow.ipc
         self._first_row = 0
         with pyarrow.memory_map(self.piece.path) as source:
             try:

@@ -131,9 +131,13 @@ class Workers:
             self._pool = ProcessPoolExecutor(max_workers=self.count - 1,
                                              mp_context=multiprocessing.get_context(self.start_method))
         running: dict[Future, Any] = {}
+        helpers = self.count - 1
         queued_per_helper = 2  # a helper that finishes starts its next task without waiting for this process
         while pending or running:
-            while pending and len(running) < queued_per_helper * (self.count - 1):
+            # A helper's second task only while one is left for this process: with as many
+            # tasks as processes (two input files on two workers), each process takes one.
+            while pending and (len(running) < helpers or
+                               (len(running) < queued_per_helper * helpers and len(pending) > 1)):
                 task = pending.popleft()
                 running[self._pool.submit(function, task)] = task
             finished = [future for future in running if future.done()]

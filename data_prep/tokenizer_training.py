@@ -25,8 +25,8 @@ from deberta.cli import option, required
 from deberta.errors import InputError
 from deberta.tokenizer import SPM_FILE, load_tokenizer
 
-from .inputs import (UNREADABLE_ERRORS, PieceReader, ProblemLog, UnreadableInput, find_inputs, normalize_text,
-                     plan_pieces)
+from .inputs import (PieceReader, ProblemLog, UnreadableInput, find_inputs, normalize_text,
+                     plan_pieces, unreadable_errors)
 from .shard_format import commit, temporary_name
 
 MAX_SENTENCE_BYTES = 4096
@@ -116,7 +116,7 @@ def read_documents(patterns: list[str], text_field: str, problems: ProblemLog) -
                     text = normalize_text(raw)
                     if text:
                         yield text
-            except UNREADABLE_ERRORS as error:
+            except unreadable_errors() as error:
                 raise UnreadableInput(f"{piece.path}: cannot be read ({type(error).__name__}: {error}); repair "
                                       f"it (a truncated download?) or leave it out of --input") from error
 
