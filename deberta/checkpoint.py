@@ -142,7 +142,7 @@ def _read_folder(path: Path, weights: bool):
         config = _config_from_reference(values, state, path / OFFICIAL_CONFIG_FILE)
         return config, _hf_head(values, state), reference_to_native(state, config) if weights else None
     hint = ""
-    if (path / "latest").is_file() or (path / "checkpoint.json").is_file():  # pretrain/checkpoint.py's layout
+    if (path / "latest").is_file() or (path / "checkpoint.json").is_file():  # training/checkpoint.py's layout
         hint = (f"; it is a pretraining checkpoint: write a model folder from it with `python -m pretrain.convert "
                 f"{path if (path / 'latest').is_file() else path.parent} --output DIR`")
     raise FileNotFoundError(f"{path}: no {CONFIG_FILE}, and no official {OFFICIAL_WEIGHTS_FILE} with "

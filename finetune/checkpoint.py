@@ -1,7 +1,7 @@
 """What makes a finetuning run resumable: its checkpoints, its data order, the settings a
 resume must keep, and SIGTERM noted for the next step boundary.
 
-Checkpoints are pretraining's (``pretrain.checkpoint.CheckpointManager``), in
+Checkpoints are the training core's (``training.checkpoint.CheckpointManager``), in
 ``OUTPUT/checkpoints/step_N``: DeepSpeed's engine files (weights, optimizer, learning-rate
 schedule, fp16 loss scale), every rank's python/numpy/torch/CUDA RNG, and
 ``checkpoint.json`` with the trainer's state, written last; ``latest`` moves only after
@@ -24,8 +24,7 @@ from typing import Iterator, Optional
 import torch
 from torch.utils.data import Sampler
 
-from pretrain.checkpoint import CHECKPOINT_FILE, CheckpointManager, ResumeError
-from pretrain.checkpoint import check_same_run as pretrain_check_same_run
+from training.checkpoint import CHECKPOINT_FILE, CheckpointManager, ResumeError, check_same_run
 
 from .config import FinetuneConfig
 
@@ -52,12 +51,6 @@ def run_settings(config: FinetuneConfig, ds_config: dict) -> dict:
                     else "fp32",
                     zero_stage=ds_config.get("zero_optimization", {}).get("stage", 0))
     return settings
-
-
-def check_same_run(saved: dict, current: dict, where: Path, output_dir: Path, force: bool, log) -> None:
-    """Refuse to continue ``where`` (a checkpoint or a completed run) with changed settings, as
-    pretraining does; a finetuning run has no universal checkpoint to change its ranks with."""
-    pretrain_check_same_run(saved, current, where, output_dir, force, log, note="")
 
 
 def completed_run(output_dir: Path) -> Optional[dict]:

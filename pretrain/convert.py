@@ -31,9 +31,10 @@ from deberta import build_model, export_hf, load_tokenizer, save_model
 from deberta.cli import Command, option, required
 from deberta.errors import InputError, run_command
 from deberta.model import DebertaPreTrained
+from training.checkpoint import CHECKPOINT_FILE, CheckpointManager, tag_of
 
-from .checkpoint import CHECKPOINT_FILE, CheckpointManager, tag_of
 from .objectives import Objective, objective_class
+
 
 def find_checkpoint(directory: Path, step: int | None) -> Path:
     manager = CheckpointManager(directory, keep=1, rank=0, world=1)

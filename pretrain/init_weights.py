@@ -210,7 +210,7 @@ def build_objective(config, model_config: DebertaConfig, tokenizer: Tokenizer, t
                     checkpoint_dir: Path, log: Log):
     """The run's objective: built from the seed, or on --init_model / --init_generator.
     A run that resumes reads only the architecture of those (its checkpoint has the weights)."""
-    from .checkpoint import CheckpointManager
+    from training.checkpoint import CheckpointManager
 
     run = config.run
     if not run.init_model:

@@ -29,10 +29,11 @@ from deberta.errors import InputError, run_command
 from training.distributed import device, init_distributed, shutdown
 from training.ds_config import ConfigError, precision_of, resolve_ds_config, zero_stage
 from training.engine import build_engine, loss_scale, parameter_count
+from training.checkpoint import CheckpointManager, check_same_run
 from training.outputs import Outputs, Throughput, eta
 from training.sync import BAD_INPUT, BadInput, NonFiniteLoss, StepAgreement, StepTotals, stop_requested
 
-from .checkpoint import CheckpointManager, check_same_run, run_identity, tokenizer_digest
+from .checkpoint import UNIVERSAL_CHECKPOINT_NOTE, run_identity, tokenizer_digest
 from .config import TrainConfig, parse_args
 from .data import (BAD_SEQUENCE, TRAIN_STREAM, VALID_STREAM, MaskedSequences, TrainOrder, check_shards, train_loader,
                    valid_batches)
@@ -132,7 +133,7 @@ class Trainer:
                          tokenizer_digest(load_tokenizer(saved_tokenizer).files()) if saved_tokenizer.is_dir() else None),
             run_identity(self.trainer_state(), tokenizer_digest(self.tokenizer.files()) if saved_tokenizer.is_dir()
                          else None),
-            latest, self.output_dir, self.config.checkpoint.force_resume, self.out.print)
+            latest, self.output_dir, self.config.checkpoint.force_resume, self.out.print, UNIVERSAL_CHECKPOINT_NOTE)
         state = self.checkpoints.load(self.engines, latest, self.config.checkpoint.universal_checkpoint)
         self.step, self.consumed = state["step"], state["consumed_samples"]
         self.skipped, self.tokens_seen = state["skipped_steps"], state["tokens_seen"]

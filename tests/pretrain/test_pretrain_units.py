@@ -11,7 +11,7 @@ import torch
 from pretrain_helpers import REPO, TINY_MODEL
 
 from deberta import DebertaConfig, load_tokenizer
-from pretrain.checkpoint import CHECKPOINT_FILE, LATEST, CheckpointManager
+from training.checkpoint import CHECKPOINT_FILE, LATEST, CheckpointManager
 from pretrain.config import TrainConfig, parse_args
 from pretrain.data import TrainOrder
 from pretrain.masking import IGNORE, Masker, MaskingConfig

@@ -17,7 +17,8 @@ import pytest
 from pretrain_helpers import REPO, TINY_MODEL, cpu_env, explain, read_jsonl, train_args
 
 from data_prep.cli import main as data_prep
-from pretrain.checkpoint import ResumeError, check_same_run, run_identity
+from pretrain.checkpoint import UNIVERSAL_CHECKPOINT_NOTE, run_identity
+from training.checkpoint import ResumeError, check_same_run
 from pretrain.convert import main as convert_main
 
 
@@ -114,8 +115,10 @@ def test_what_a_resume_compares():
     check_same_run(same, run_identity(other_topology, "abc"), Path("ck"), Path("out"), force=False, log=print)
     changed = {**state, "model": {**state["model"], "objective": "mlm", "generator_config": {"hidden_size": 16}}}
     with pytest.raises(ResumeError) as refused:
-        check_same_run(same, run_identity(changed, "def"), Path("ck"), Path("out"), force=False, log=print)
+        check_same_run(same, run_identity(changed, "def"), Path("ck"), Path("out"), force=False, log=print,
+                       note=UNIVERSAL_CHECKPOINT_NOTE)
     message = str(refused.value)
+    assert message.endswith("--force_resume" + UNIVERSAL_CHECKPOINT_NOTE)
     assert ("generator_config.hidden_size 32 -> 16, objective 'rtd' -> 'mlm', tokenizer sha256 'abc' -> 'def'"
             in message)
     # A field that a newer version of the code added is not a change.
