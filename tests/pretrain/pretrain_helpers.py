@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -62,3 +63,17 @@ def step_losses(output_dir: Path) -> dict[int, float]:
 
 def explain(result: subprocess.CompletedProcess) -> str:
     return f"exit {result.returncode}\n--- stdout ---\n{result.stdout[-6000:]}\n--- stderr ---\n{result.stderr[-6000:]}"
+
+
+def make_word_shards(folder: Path, seed: int) -> Path:
+    """600 documents of 50 words drawn from 12, sharded in 64-token sequences with the test
+    tokenizer (1001 ids) into ``folder/data``; ``seed`` chooses the words."""
+    from data_prep.cli import main as data_prep
+
+    rng = random.Random(seed)
+    words = "falcon meadow quartz lantern harbor ember willow canyon river stone music garden".split()
+    corpus = folder / "corpus.txt"
+    corpus.write_text("\n\n".join(" ".join(rng.choice(words) for _ in range(50)) for _ in range(600)) + "\n")
+    assert data_prep(["shard", "--input", str(corpus), "--tokenizer", str(REPO / "tests" / "assets" / "spm.model"),
+                      "--output", str(folder / "data"), "--seq_len", "64", "--valid_fraction", "0.05"]) == 0
+    return folder / "data"

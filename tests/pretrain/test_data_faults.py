@@ -5,30 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from pretrain_helpers import REPO, cpu_env, deepspeed_command, explain, train_args
+from pretrain_helpers import REPO, cpu_env, deepspeed_command, explain, make_word_shards, train_args
 
 from data_prep.checks import VERIFIED_STAMP
-from data_prep.cli import main as data_prep
 
 pytestmark = pytest.mark.slow
-
-
-def make_shards(folder: Path) -> Path:
-    """600 short documents in 64-token sequences, with the test tokenizer (1001 ids)."""
-    rng = random.Random(0)
-    words = "falcon meadow quartz lantern harbor ember willow canyon river stone music garden".split()
-    corpus = folder / "corpus.txt"
-    corpus.write_text("\n\n".join(" ".join(rng.choice(words) for _ in range(50)) for _ in range(600)) + "\n")
-    assert data_prep(["shard", "--input", str(corpus), "--tokenizer", str(REPO / "tests" / "assets" / "spm.model"),
-                      "--output", str(folder / "data"), "--seq_len", "64", "--valid_fraction", "0.05"]) == 0
-    return folder / "data"
 
 
 def error_lines(text: str) -> list[str]:
@@ -36,7 +23,7 @@ def error_lines(text: str) -> list[str]:
 
 
 def test_an_altered_shard_is_refused_once_under_the_launcher(tmp_path):
-    data = make_shards(tmp_path)
+    data = make_word_shards(tmp_path, seed=0)
     shard = data / "train-00000.bin"
     altered = bytearray(shard.read_bytes())
     altered[1001] ^= 0x01  # one bit of one token id: still a valid id, only the hash tells
@@ -53,7 +40,7 @@ def test_an_altered_shard_is_refused_once_under_the_launcher(tmp_path):
 
 
 def test_ids_outside_the_vocabulary_stop_before_the_update_naming_the_shard(tmp_path):
-    data = make_shards(tmp_path)
+    data = make_word_shards(tmp_path, seed=0)
     shard = data / "train-00000.bin"
     ids = np.memmap(shard, dtype="<u2", mode="r+")
     ids[7::64] = 4321  # one id in every sequence, past the 1001 of the vocabulary

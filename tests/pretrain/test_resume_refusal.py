@@ -6,7 +6,6 @@ files; the full disk is a file-size limit on the process."""
 from __future__ import annotations
 
 import json
-import random
 import resource
 import signal
 import subprocess
@@ -14,22 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from pretrain_helpers import REPO, TINY_MODEL, cpu_env, explain, read_jsonl, train_args
+from pretrain_helpers import REPO, TINY_MODEL, cpu_env, explain, make_word_shards, read_jsonl, train_args
 
-from data_prep.cli import main as data_prep
 from pretrain.checkpoint import UNIVERSAL_CHECKPOINT_NOTE, run_identity
-from training.checkpoint import ResumeError, check_same_run
 from pretrain.convert import main as convert_main
-
-
-def make_shards(folder: Path) -> Path:
-    rng = random.Random(1)
-    words = "falcon meadow quartz lantern harbor ember willow canyon river stone music garden".split()
-    corpus = folder / "corpus.txt"
-    corpus.write_text("\n\n".join(" ".join(rng.choice(words) for _ in range(50)) for _ in range(600)) + "\n")
-    assert data_prep(["shard", "--input", str(corpus), "--tokenizer", str(REPO / "tests" / "assets" / "spm.model"),
-                      "--output", str(folder / "data"), "--seq_len", "64", "--valid_fraction", "0.05"]) == 0
-    return folder / "data"
+from training.checkpoint import ResumeError, check_same_run
 
 
 def file_size_limit(limit: int):
@@ -50,7 +38,7 @@ def pretrain(data: Path, run: Path, limit: int | None = None, **flags) -> subpro
 
 @pytest.mark.slow
 def test_full_disk_during_a_save_then_resume_then_changed_settings(tmp_path, capsys):
-    data, run = make_shards(tmp_path), tmp_path / "run"
+    data, run = make_word_shards(tmp_path, seed=1), tmp_path / "run"
     first = pretrain(data, run)
     assert first.returncode == 0, explain(first)
     assert "checking the sha256 of 2 shards" in first.stdout  # and the stamp spares the next starts
