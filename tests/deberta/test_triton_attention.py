@@ -57,9 +57,61 @@ def test_cuda_kernels_match_eager(compiled_kernels, dtype, atol, length, query_s
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype,atol", [(torch.bfloat16, 3e-2), (torch.float32, 1e-4)])
+def test_cuda_varlen_kernels_match_eager(compiled_kernels, dtype, atol):
+    """Packed sequences of v3-base's head size and buckets, one over 512 tokens and one
+    shorter than a tile: output and gradients against eager on the padded batch in fp32."""
+    inputs = make_packed_inputs(lengths=[300, 37, 517, 128], heads=3, head_dim=64, buckets=256, max_relative=512)
+    reference = forward_backward(eager_attention, packed_copy(inputs, torch.float32, "cuda"))
+    assert_close(forward_backward(backend_module.triton_attention, packed_copy(inputs, dtype, "cuda")), reference,
+                 atol)
+
+
+def packed_copy(inputs, dtype, device):
+    """Packed inputs as new leaves of ``dtype`` on ``device``, their Packing moved along."""
+    copy = {}
+    for name, value in inputs.items():
+        if name == "mask":
+            value = Packing(value.cu_seqlens.to(device), value.max_seqlen, int(value.cu_seqlens[-1]))
+        elif torch.is_tensor(value) and value.is_floating_point():
+            value = value.detach().to(device, dtype).requires_grad_()
+        elif torch.is_tensor(value):
+            value = value.to(device)
+        copy[name] = value
+    return copy
+
+
+@pytest.mark.gpu
 def test_cuda_dropout_keep_rate(compiled_kernels):
     kept = compiled_kernels.dropout_keep_mask(11, (4, 12, 512, 512), 0.1, "cuda").float()
     assert abs(kept.mean().item() - 0.9) < 5 * math.sqrt(0.09 / kept.numel())
+
+
+# Kernel pointer arguments that are not in the attention's dtype, and the float scalars.
+_POINTER_TYPES = {"TABLE": "*i32", "POSITIONS": "*i32", "INVERSE": "*i32", "KEY_MASK": "*i8", "QUERY_MASK": "*i8",
+                  "CU_SEQLENS": "*i32", "LSE": "*fp32", "DELTA": "*fp32", "DPOS_QUERY": "*fp32", "DPOS_KEY": "*fp32"}
+_FLOAT_SCALARS = {"dropout_p", "scale", "scale_log2"}
+
+
+@pytest.mark.slow
+def test_varlen_kernels_compile_for_hopper_without_a_gpu(compiled_kernels):
+    """Triton's own compiler and ptxas build the three kernels for sm_90 with packed inputs
+    (bf16, head size 64, both relative terms, dropout), within the H100's shared memory:
+    what the interpreter cannot show (it runs constructs that a GPU build may refuse)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, compile as compile_kernel
+
+    block, window, warps, stages = 64, 128, 4, 2  # _blocks(64) on a GPU
+    flags = dict(HAS_C2P=True, HAS_P2C=True, HAS_KEY_MASK=False, HAS_QUERY_MASK=False,
+                 QUERY_POSITIONS=False, DROPOUT=True, VARLEN=True, BLOCK_M=block, BLOCK_N=block, HEAD_DIM=64,
+                 WINDOW=window, PRECISION="tf32")
+    for kernel in (compiled_kernels._forward_kernel, compiled_kernels._backward_key_kernel,
+                   compiled_kernels._backward_query_kernel):
+        signature = {name: "constexpr" if name in flags else _POINTER_TYPES.get(name, "*bf16") if name.isupper()
+                     else "fp32" if name in _FLOAT_SCALARS else "i32" for name in kernel.arg_names}
+        built = compile_kernel(ASTSource(kernel, signature, flags), target=GPUTarget("cuda", 90, 32),
+                               options=dict(num_warps=warps, num_stages=stages))
+        assert built.asm["cubin"] and built.metadata.shared <= 227 * 1024, kernel.fn.__name__
 
 
 def _leaves_copy(inputs, dtype):
@@ -329,9 +381,9 @@ def test_relative_layout_is_derived_once_per_index_table(kernels):
 VARLEN_LENGTHS = [5, 33, 17]  # with 32-tiles: one sequence over two query and key tiles, the longest not last
 
 
-def make_packed_inputs(lengths=VARLEN_LENGTHS, heads=2, head_dim=16, seed=0):
+def make_packed_inputs(lengths=VARLEN_LENGTHS, heads=2, head_dim=16, buckets=8, max_relative=32, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    config = DebertaConfig(position_buckets=8, max_relative_positions=32)
+    config = DebertaConfig(position_buckets=buckets, max_relative_positions=max_relative)
     span, tokens, longest = config.relative_span, sum(lengths), max(lengths)
 
     def leaf(*shape):
