@@ -40,6 +40,9 @@ PROBLEM_KINDS = ("invalid_utf8", "empty_document", "broken_json", "missing_text_
 # "invalid UTF-8 documents"; it is skipped and reported instead. Text in a legacy code page
 # with a few accented letters (a few percent of its characters) stays below the share.
 SNIFF_BYTES = 1 << 16
+# Lines of a text input are read through a buffer of this size: the default 8 KiB would
+# cost a system call per few lines, a tenth of the time taken to read and split them.
+READ_BUFFER_BYTES = 1 << 20
 BINARY_SHARE = 0.10
 _CONTROL_CHARACTERS = frozenset(chr(c) for c in range(32) if chr(c) not in "\t\n\r\x0b\x0c") | {"\ufffd"}
 
@@ -84,7 +87,7 @@ def normalize_text(text: str) -> str:
     blank space in the document. Duplicates are detected on this form."""
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = "\n".join(line.rstrip() for line in text.split("\n")).strip()
+    text = "\n".join(map(str.rstrip, text.split("\n"))).strip()
     if not unicodedata.is_normalized("NFC", text):
         text = unicodedata.normalize("NFC", text)
     return text
@@ -256,7 +259,7 @@ class PieceReader:
         piece = self.piece
         if piece.compressed:
             return gzip.open(piece.path, "rb"), True, float("inf")
-        f = open(piece.path, "rb")
+        f = open(piece.path, "rb", buffering=READ_BUFFER_BYTES)
         previous_blank = True
         if piece.start > 0:
             f.seek(piece.start - 1)

@@ -204,10 +204,10 @@ def write_shard(bin_path: Path, idx_path: Path, packed_chunks: Iterable[np.ndarr
     try:
         with atomic_file(bin_path) as temporary, open(temporary, "wb") as f:
             for chunk in packed_chunks:
-                data = chunk.tobytes()
+                data = memoryview(chunk).cast("B")      # the packed bytes, not a copy of them
                 digest.update(data)
                 f.write(data)
-                size += len(data)
+                size += data.nbytes
     except OSError as error:
         if error.filename is not None:
             raise
