@@ -31,8 +31,18 @@ G^T @ q_tile, added atomically into a per-head buffer indexed by distance (fp32)
 an index_add folds into the 2S rows afterwards. For p2c, with a fixed key j, distinct query
 positions make i -> p_i - j one-to-one too (its inverse is the table ``inverse``).
 
+Packed inputs (varlen): query, key and value [T, H, d] hold B sequences end to end,
+located by ``cu_seqlens`` [B+1]. The grid is (tiles of the longest sequence, B * H); each
+program reads its sequence's first token and length, returns at once when its tile starts
+past that length, and loops over that sequence's keys only. Rows are the tokens' places
+within their sequence, so the relative terms and the distance table are those of a padded
+batch of the longest length; nothing is padded or copied. Padded and varlen programs
+differ only in where a sequence starts (the batch index times the batch stride, or the
+first token times the token stride) and in its length (the batch's, or its own).
+
 Attention dropout draws its keep mask from Philox with one seed per call and the counter
-(row, column) of each (batch, head), so backward regenerates the same mask.
+(row, column) of each (batch, head), so backward regenerates the same mask; a packed
+sequence b of n tokens draws the mask a padded batch of length n would give its row b.
 
 Precision: every product accumulates in fp32 and the scale is applied to the fp32 sum, so
 no half-precision intermediate exists that could overflow (the failure the pre-scaling of
