@@ -37,7 +37,8 @@ __all__ = ["CHECKPOINT_FILE", "CheckpointManager", "EpochOrder", "ResumeError", 
 # so that moving a value between the DeepSpeed JSON and the flags is not a change.
 MAY_CHANGE = frozenset({"output_dir", "seeds", "log_interval", "progress_bar", "tensorboard", "eval_batch_size",
                         "save_interval", "keep_checkpoints", "force_resume", "test",
-                        "unpadded"})  # packed batches compute what padded ones do (and older checkpoints lack it)
+                        # packed batches and other attention kernels compute what padded eager does
+                        "unpadded", "attention_backend"})
 
 
 def run_settings(config: FinetuneConfig, ds_config: dict) -> dict:

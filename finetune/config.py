@@ -24,6 +24,7 @@ from typing import Optional
 
 import yaml
 
+from deberta.attention import ATTENTION_BACKENDS
 from deberta.cli import Command, option, required
 from training.config import EngineConfig, OptimizerConfig
 
@@ -58,6 +59,9 @@ class TaskConfig:
                                                    "seeded, as the official data code)")
     unpadded: bool = option(False, "pack each batch's sequences end to end with no padding (cumulative "
                                    "lengths): same results, the per-token work done on real tokens only")
+    attention_backend: Optional[str] = option(None, "attention kernel: eager, sdpa or triton (fused; with "
+                                                    "--unpadded it attends on the packed tokens); default: the "
+                                                    "model folder's config")
     doc_stride: int = option(128, "squad: tokens between the starts of context windows")
     max_query_length: int = option(64, "squad: question tokens kept")
     max_answer_length: int = option(30, "squad: longest predicted answer in tokens")
@@ -129,6 +133,8 @@ class TaskConfig:
                 fail(name, "> 0")
         if self.pair_truncation not in ("longest_first", "official"):
             fail("pair_truncation", "longest_first, official")
+        if self.attention_backend is not None and self.attention_backend not in ATTENTION_BACKENDS:
+            fail("attention_backend", ", ".join(sorted(ATTENTION_BACKENDS)))
         if self.data_dir is None and self.train is None and self.dev is None:
             raise ValueError("give --data_dir, or --train / --dev files")
         if self.task == "custom" and not self.text_cols:

@@ -99,6 +99,8 @@ class Trainer:
         overrides = self.task.model_overrides()
         if run.cls_dropout is not None:
             overrides["cls_dropout"] = run.cls_dropout
+        if run.attention_backend is not None:
+            overrides["attention_backend"] = run.attention_backend
         model = load_model(run.model, head=self.task.head, **overrides)
         if run.init_task_model:  # the official MNLI start of MRPC, RTE and STS-B
             from .recipes import start_from_task_model  # here: `python -m finetune.recipes` imports this package

@@ -120,3 +120,23 @@ def test_question_answering_window_logits_map_back(tmp_path, model_without_dropo
 
     torch.testing.assert_close(trainer.task.divergence(perturbed, clean, packed_batch),
                                trainer.task.divergence(padded_logits(perturbed), padded_logits(clean), padded_batch))
+
+
+def test_the_attention_backend_is_chosen_at_finetuning(tmp_path, model_without_dropout, sentiment_files):
+    """--attention_backend overrides the model folder's kernel (eager here), for the run and
+    in the best model it writes, with eager's results; an unknown kernel is named."""
+    def backend_of(folder) -> str:
+        return json.loads((Path(folder) / "config.json").read_text())["config"]["attention_backend"]
+
+    assert backend_of(model_without_dropout) == "eager"
+    fields = dict(task="sst-2", data_dir=str(sentiment_files), model=model_without_dropout, max_steps=4)
+    results = {}
+    for backend in ("eager", "sdpa"):
+        out = tmp_path / backend
+        Trainer(FinetuneConfig.create(output_dir=str(out), unpadded=True, attention_backend=backend,
+                                      **{**FAST, **fields, "save_best": True})).train()
+        results[backend] = json.loads((out / "eval_results.json").read_text())
+        assert backend_of(out / "best") == backend
+    assert_same_results(results["eager"], results["sdpa"])
+    with pytest.raises(ValueError, match="--attention_backend='flash' is invalid; allowed: eager, sdpa, triton"):
+        FinetuneConfig.create(output_dir=str(tmp_path / "x"), attention_backend="flash", **fields)
