@@ -16,8 +16,9 @@ finely as DeBERTa-v3's 128K one, so these sequences are about twice as long as a
 model's. Give a released model's spm.model with --tokenizer to count in its pieces.
 
 MNLI is not among the data (../shared/data/glue has SST-2 and RTE only): RTE's sentence
-pairs stand in as the pair distribution; their premises (news text, often several
-sentences) are longer than MNLI's, so the pairs here are longer than MNLI's.
+pairs stand in as the pair distribution. MNLI's premises are single sentences, RTE's often
+several (news text), so these pairs run longer than MNLI's would; no MNLI length figure is
+quoted here, none having been measured with this tokenizer.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ DEFAULT_TOKENIZER = REPO / "tests" / "assets" / "spm.model"
 DISTRIBUTIONS = {
     "SST-2": ("SST-2/train.tsv", ("sentence",), "single sentences"),
     "RTE": ("RTE/train.tsv", ("sentence1", "sentence2"),
-            "sentence pairs, standing in for MNLI (absent from the data); longer premises than MNLI's"),
+            "sentence pairs, standing in for MNLI (absent from the data); premises longer than MNLI's"),
 }
 
 

@@ -20,7 +20,9 @@ system, each in its own subprocess so that its peak memory is its own. Row group
                  ours padded (ours-sdpa), packed with no padding (-unpadded: cu_seqlens, as
                  finetuning's --unpadded) on sdpa and on the fused Triton kernels, and packed
                  compiled as --compile does (its graph is built for the first batch's shape,
-                 then once more with dynamic shapes; --finetune_warmup covers both). Tokens/s
+                 then once more with dynamic shapes). The measured batches run once untimed
+                 first, so that every graph and kernel variant they need (Triton specialises
+                 on lengths divisible by 16) is built before the timed pass. Tokens/s
                  counts real tokens, so packing shows as speed; no FLOP count (padded and
                  packed systems do different work on the same batches). One process per system
                  measures both distributions, SST-2 first.
@@ -113,18 +115,18 @@ class Group:
 GROUPS = (
     Group("v3-base-mlm", "deberta-v3-base", "mlm", 32,
           ("hf-eager", "hf-compile", "hf-disentangled-flash", "ours-triton", "ours-sdpa", "ours-triton-compiled",
-           "ours-eager", "ours-sdpa-compiled"), budget_s=190),
+           "ours-eager", "ours-sdpa-compiled"), budget_s=180),
     Group("v3-base-finetune", "deberta-v3-base", "classification", 32,
           ("hf-eager", "ours-triton-unpadded", "ours-sdpa", "ours-sdpa-unpadded", "ours-triton-unpadded-compiled"),
-          budget_s=60, distributions=("SST-2", "RTE")),
+          budget_s=75, distributions=("SST-2", "RTE")),
     Group("v3-base-rtd", "deberta-v3-base", "rtd", 32, ("hf-eager", "ours-sdpa", "ours-triton",
-                                                       "ours-triton-compiled"), budget_s=30),
+                                                       "ours-triton-compiled"), budget_s=28),
     Group("v3-large-mlm", "deberta-v3-large", "mlm", 32,
-          ("hf-eager", "hf-disentangled-flash", "ours-sdpa", "ours-triton", "ours-triton-compiled"), budget_s=30),
+          ("hf-eager", "hf-disentangled-flash", "ours-sdpa", "ours-triton", "ours-triton-compiled"), budget_s=28),
     Group("xxlarge-mlm", "deberta-v2-xxlarge", "mlm", 8, ("hf-eager", "ours-sdpa", "ours-triton"),
-          budget_s=30, checkpointing=True),
+          budget_s=28, checkpointing=True),
 )
-KERNEL_BUDGET_S = 20
+KERNEL_BUDGET_S = 18
 GROUP_NAMES = tuple(group.name for group in GROUPS)
 # --dry-run's systems when --systems is not given, every code path in a few minutes: in the
 # pretraining groups a peer, the peer compiled and ours compiled (RTD on both sides,
@@ -293,16 +295,16 @@ def group_batch(group: Group, args) -> int:
 # Part 1, finetuning: sequence classification on GLUE length distributions
 # ---------------------------------------------------------------------------------------
 def finetune_batches(group: Group, args, distribution: str) -> list[list[int]]:
-    """The sequence lengths of every batch, warm-up batches first: drawn from the
-    distribution's histogram (bench/glue_lengths.json), cut at --finetune_max_length.
-    Seeded, so every system (each in its own process) trains on the same batches."""
+    """The sequence lengths of every measured batch: drawn from the distribution's histogram
+    (bench/glue_lengths.json), cut at --finetune_max_length. Seeded, so every system (each in
+    its own process) trains on the same batches."""
     from bench import glue_lengths
 
     counts = glue_lengths.load()[distribution]
     lengths, weights = zip(*sorted(counts.items()))
     rng = random.Random(0)
     return [[min(n, args.finetune_max_length) for n in rng.choices(lengths, weights, k=group_batch(group, args))]
-            for _ in range(args.finetune_warmup + args.finetune_steps)]
+            for _ in range(args.finetune_steps)]
 
 
 def classification_inputs(lengths: list[int], packed: bool, vocab: int, generator, device) -> dict:
@@ -346,19 +348,21 @@ def finetune_worker(system: str, group: Group, args) -> dict:
         lengths = finetune_batches(group, args, distribution)
         batches = [classification_inputs(batch, packed, model.config.vocab_size, generator, device)
                    for batch in lengths]
-        for inputs in batches[:args.finetune_warmup]:  # compiled rows: the static graph, then the dynamic one
+        # Untimed, the same batches: compiled rows build their graphs (the first batch's shape,
+        # then dynamic shapes), Triton its kernels for every specialisation these lengths meet.
+        for inputs in batches:
             step(inputs)
         synchronize(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
-        for inputs in batches[args.finetune_warmup:]:
+        for inputs in batches:
             step(inputs)
         synchronize(device)
         seconds = time.perf_counter() - start
         results[distribution] = {
             "seconds_per_step": seconds / args.finetune_steps,
-            "tokens_per_s": sum(map(sum, lengths[args.finetune_warmup:])) / seconds,
+            "tokens_per_s": sum(map(sum, lengths)) / seconds,
             "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
     return results
 
@@ -368,7 +372,7 @@ def describe_batches(group: Group, args) -> dict:
     the measured batches and the share of a padded batch that is padding."""
     described = {}
     for distribution in group.distributions:
-        measured = finetune_batches(group, args, distribution)[args.finetune_warmup:]
+        measured = finetune_batches(group, args, distribution)
         real = sum(map(sum, measured))
         padded = sum(len(batch) * max(batch) for batch in measured)
         described[distribution] = {"mean_length": real / sum(map(len, measured)),
@@ -517,10 +521,7 @@ def main(argv=None):
                              "tokenizer's pieces are about GLUE's usual 128 of a released model's: "
                              "bench/glue_lengths.py)")
     parser.add_argument("--finetune_steps", type=int, default=20,
-                        help="finetuning group: measured steps per distribution")
-    parser.add_argument("--finetune_warmup", type=int, default=3,
-                        help="finetuning group: steps before measuring, per distribution (compiled rows build a "
-                             "graph for the first batch's shape, then one with dynamic shapes)")
+                        help="finetuning group: batches per distribution, each run once untimed, then timed")
     parser.add_argument("--timeout", type=float, default=150, help="seconds for each system at most")
     parser.add_argument("--budget", type=float, default=0,
                         help="seconds for the whole run, shared among the groups and the kernels in proportion "
@@ -528,9 +529,8 @@ def main(argv=None):
                              % (sum(g.budget_s for g in GROUPS) + KERNEL_BUDGET_S))
     parser.add_argument("--dry-run", action="store_true",
                         help="CPU smoke test of the script: every group and part with 2 layers of hidden 64, "
-                             "batch 2 x 32, fp32, 1 step (finetuning: 1 warm-up and 2 measured per "
-                             "distribution); compiled rows with the eager compile backend, on sdpa (dynamo "
-                             "cannot trace the Triton interpreter)")
+                             "batch 2 x 32, fp32, 1 step (finetuning: 2 per distribution); compiled rows with the "
+                             "eager compile backend, on sdpa (dynamo cannot trace the Triton interpreter)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     add_json_argument(parser, "gpu_attention")
     args = parser.parse_args(argv)
@@ -542,7 +542,7 @@ def main(argv=None):
         args.model_overrides = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=2,
                                     intermediate_size=128, embedding_size=64, vocab_size=500)
         args.kernel_lengths, args.kernel_tokens, args.kernel_heads = "32", 64, 2
-        args.finetune_max_length, args.finetune_steps, args.finetune_warmup = args.seq, 2, 1
+        args.finetune_max_length, args.finetune_steps = args.seq, 2
         args.compile_backend = "eager"  # the compiled code path without minutes of code generation
         if not any(arg.startswith("--json") for arg in argv):
             args.json = ""  # a CPU smoke test's figures are no benchmark for bench/results/
@@ -669,9 +669,9 @@ def finetune_rows(name: str, entry: dict, args, rows: list, notes: list, number)
               if "error" in figures]
     notes.append(f"{name}: {entry['preset']} sequence classification (2 labels), forward + backward + AdamW, batch "
                  f"{entry['batch']} drawn from GLUE training lengths (bench/glue_lengths.json) cut at "
-                 f"{entry['max_length']}, {args.dtype}, {entry['steps']} measured steps per distribution, the same "
-                 f"batches for every system; transformers and ours-<backend> pad each batch to its longest, "
-                 f"-unpadded packs it (cu_seqlens, as finetuning's --unpadded)")
+                 f"{entry['max_length']}, {args.dtype}, {entry['steps']} batches per distribution run once untimed "
+                 f"and then timed, the same batches for every system; transformers and ours-<backend> pad each "
+                 f"batch to its longest, -unpadded packs it (cu_seqlens, as finetuning's --unpadded)")
 
 
 def save(args, argv, record) -> None:
@@ -704,9 +704,12 @@ def save(args, argv, record) -> None:
             notes.append(f"attention alone, {system}, L={length} x batch {row['batch']}: "
                          f"{row['ms_forward_backward']:.2f} ms forward+backward, "
                          f"extra peak {number(row['extra_peak_gib'], '{:.2f} GiB')}")
-    notes.append("model TFLOP/s: the peers' model work (output at every position, no decoder), the same count for "
-                 "every system of a group; ours computes the output at the targets only (bench/gpu_attention.py)")
-    if any("distributions" in entry for entry in record["groups"].values()):
+    finetuning = [entry for entry in record["groups"].values() if "distributions" in entry]
+    if len(finetuning) < len(record["groups"]):
+        notes.append("model TFLOP/s: the peers' model work (output at every position, no decoder), the same count "
+                     "for every system of a group; ours computes the output at the targets only "
+                     "(bench/gpu_attention.py)")
+    if finetuning:
         notes.append("finetuning rows: tokens/s of real tokens (padding not counted); no FLOP count, since padded "
                      "and packed systems do different work on the same batches. Lengths in the pieces of the "
                      "test tokenizer (tests/assets/spm.model, about twice as many as DeBERTa-v3's); MNLI is not "

@@ -38,11 +38,12 @@ fi
 #    compiled), v3-base RTD, v3-large MLM and the 1.5B model: transformers eager / compiled /
 #    disentangled-flash against ours with each attention backend and compiled; tokens/s,
 #    model TFLOP/s, peak memory; then the attention alone at 512 and 2048 (ours,
-#    flex_attention). The shares (bench/gpu_attention.py GROUPS: 190, 60, 30, 30, 30 and 20
-#    for the attention, 360 in all) are scaled to --budget 330: about 174 s for the headline,
-#    55 s for finetuning, 27 s for each of the other groups and 18 s for the attention, each
-#    a cumulative deadline (time a group leaves over goes to the next), and 15 s of margin
-#    for the last process to end. bench/results/gpu_attention_gpu.json is rewritten after
+#    flex_attention). The shares (bench/gpu_attention.py GROUPS: 180, 75, 28, 28, 28 and 18
+#    for the attention, 357 in all) are scaled to --budget 330: about 166 s for the headline,
+#    69 s for finetuning (five processes of 10-20 s, and the compiled one's two compilations
+#    if the headline leaves time over), 26 s for each of the other groups and 17 s for the
+#    attention, each a cumulative deadline (time a group leaves over goes to the next), and
+#    15 s of margin for the last process to end. bench/results/gpu_attention_gpu.json is rewritten after
 #    every measurement.
 timeout 345 python -m bench.gpu_attention --budget 330 --json bench/results/gpu_attention_gpu.json \
     || echo "gpu_check: bench.gpu_attention stopped early (exit $?); what it measured is in the JSON"
