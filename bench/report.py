@@ -90,7 +90,11 @@ compiled and with disentangled-flash against ours with each attention backend (t
 `triton` kernels included) and compiled, at v3-base MLM 512 bf16 batch 32, v3-base
 finetuning on SST-2 and RTE token lengths (padded against packed, `--unpadded`, and
 compiled), v3-base RTD, v3-large MLM and the 1.5B model; the attention alone at 512 and
-2048; then the GPU tests and the full training step.
+2048; then the GPU tests and the full training step. The finetuning rows draw their batches'
+lengths from `bench/glue_lengths.json`, token-length histograms of the SST-2 and RTE training
+files (`python -m bench.glue_lengths` writes it from ../shared/data/glue, in the pieces of the
+test tokenizer, about twice as many as DeBERTa-v3's), so the GPU machine needs no data. MNLI
+is not among the data: RTE's sentence pairs stand in for its pairs.
 """
 
 
