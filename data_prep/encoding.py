@@ -183,8 +183,11 @@ def encode_piece(job: EncodeJob) -> dict:
         document_digests = np.frombuffer(digests, dtype=np.uint8).reshape(-1, DIGEST_BYTES)
         kept = encoded.lengths > 0
         for split, chosen in (("train", kept & ~valid), ("valid", kept & valid)):
-            outputs[split].append(encoded.ids[np.repeat(chosen, encoded.lengths)], encoded.lengths[chosen],
-                                  document_digests[chosen].tobytes())
+            if chosen.all():      # the usual batch of train documents: its arrays as they are
+                outputs[split].append(encoded.ids, encoded.lengths, digests)
+            elif chosen.any():
+                outputs[split].append(encoded.ids[np.repeat(chosen, encoded.lengths)], encoded.lengths[chosen],
+                                      document_digests[chosen].tobytes())
 
     def flush():
         nonlocal texts, digests, wheres

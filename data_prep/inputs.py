@@ -87,7 +87,10 @@ def normalize_text(text: str) -> str:
     blank space in the document. Duplicates are detected on this form."""
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = "\n".join(map(str.rstrip, text.split("\n"))).strip()
+    text = text.rstrip()          # most documents are now one line: nothing to split
+    if "\n" in text:
+        text = "\n".join(map(str.rstrip, text.split("\n")))
+    text = text.lstrip()
     if not unicodedata.is_normalized("NFC", text):
         text = unicodedata.normalize("NFC", text)
     return text

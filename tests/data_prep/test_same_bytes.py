@@ -1,5 +1,5 @@
-"""``shard`` writes the bytes it always has: a change to reading, encoding, splitting or
-packing that moves a single byte fails here, however fast it is.
+"""``shard`` writes the bytes it always has: a change to reading, normalising, encoding,
+splitting or packing that moves a single byte fails here, however fast it is.
 
 The expected hashes were recorded from the shard code of commit 69f107f on the same
 generated input (fixed tokenizer tests/assets/spm.model); a deliberate change of the
@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import unicodedata
 
 import numpy as np
 import pytest
 
+from data_prep import normalize_text
 from data_prep.encoding import DIGEST_BYTES, valid_documents
 
 from data_prep_helpers import TINY_SPM, run_cli
@@ -91,3 +93,17 @@ def test_split_rule_on_a_batch_is_the_exact_integer_rule(valid_fraction):
             digests[row, :8] = np.frombuffer(leading.to_bytes(8, "little"), dtype=np.uint8)
     expected = [int.from_bytes(bytes(d[:8]), "little") < threshold for d in digests]
     assert valid_documents(digests.tobytes(), valid_fraction).tolist() == expected
+
+
+def _normalize_line_by_line(text: str) -> str:
+    """The definition of normalize_text, line by line (it takes shortcuts)."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return unicodedata.normalize("NFC", "\n".join(line.rstrip() for line in text.split("\n")).strip())
+
+
+def test_normalize_text_keeps_its_definition():
+    rng = random.Random(0)
+    pieces = ["a", " ", "\n", "\n\n", "\r", "\r\n", "\t", "\u3000", "\x85", "e\u0301", "\x1c", "\u2028", "\xa0", "Straße"]
+    for _ in range(20000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 14)))
+        assert normalize_text(text) == _normalize_line_by_line(text), repr(text)
