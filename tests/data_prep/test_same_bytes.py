@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from data_prep import normalize_text
-from data_prep.encoding import DIGEST_BYTES, valid_documents
+from data_prep.encoding import DIGEST_BYTES, EncodedBatch, single_core_encoder, valid_documents
+from deberta.tokenizer import load_tokenizer
 
 from data_prep_helpers import TINY_SPM, run_cli
 
@@ -107,3 +108,14 @@ def test_normalize_text_keeps_its_definition():
     for _ in range(20000):
         text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 14)))
         assert normalize_text(text) == _normalize_line_by_line(text), repr(text)
+
+
+def test_arrays_and_lists_from_the_tokenizer_give_the_same_batch():
+    """Ids as arrays per document (SentencePiece >= 0.2.1) or as Python lists (older ones, and
+    Hugging Face tokenizers) become the same batch."""
+    texts = [_document(random.Random(n)) for n in range(50)] + ["\u200b", "zzqx 東京"]
+    batch = single_core_encoder(str(TINY_SPM))(texts)
+    from_lists = EncodedBatch.from_lists(load_tokenizer(TINY_SPM).spm.encode(texts))
+    assert batch.lengths.dtype == from_lists.lengths.dtype == np.dtype("<u4")
+    assert batch.lengths.tolist() == from_lists.lengths.tolist() and batch.lengths[-2] == 0
+    assert batch.ids.tolist() == from_lists.ids.tolist() and len(batch.ids) == batch.lengths.sum() > 1000
