@@ -137,9 +137,11 @@ class _SplitOutput:
 
     def append(self, ids: np.ndarray, lengths: np.ndarray, digests: bytes) -> None:
         """Documents of a batch: their ids back to back, their token counts and digests."""
-        if ids.size and (ids.min() < 0 or ids.max() > np.iinfo(self.dtype).max):
-            raise ValueError(f"the tokenizer gave token id {ids.min() if ids.min() < 0 else ids.max()}, which "
-                             f"{self.dtype} cannot hold: its vocabulary is larger than it says")
+        if ids.size:
+            lowest, highest = int(ids.min()), int(ids.max())
+            if lowest < 0 or highest > np.iinfo(self.dtype).max:
+                raise ValueError(f"the tokenizer gave token id {lowest if lowest < 0 else highest}, which "
+                                 f"{self.dtype} cannot hold: its vocabulary is larger than it says")
         ids.astype(self.dtype, copy=False).tofile(self.files["tok"])
         lengths.tofile(self.files["len"])
         self.files["hash"].write(digests)

@@ -40,11 +40,12 @@ PROBLEM_KINDS = ("invalid_utf8", "empty_document", "broken_json", "missing_text_
 # "invalid UTF-8 documents"; it is skipped and reported instead. Text in a legacy code page
 # with a few accented letters (a few percent of its characters) stays below the share.
 SNIFF_BYTES = 1 << 16
+BINARY_SHARE = 0.10
+_CONTROL_CHARACTERS = frozenset(chr(c) for c in range(32) if chr(c) not in "\t\n\r\x0b\x0c") | {"\ufffd"}
+
 # Lines of a text input are read through a buffer of this size: the default 8 KiB would
 # cost a system call per few lines, a tenth of the time taken to read and split them.
 READ_BUFFER_BYTES = 1 << 20
-BINARY_SHARE = 0.10
-_CONTROL_CHARACTERS = frozenset(chr(c) for c in range(32) if chr(c) not in "\t\n\r\x0b\x0c") | {"\ufffd"}
 
 
 class UnreadableInput(InputError):
@@ -87,7 +88,7 @@ def normalize_text(text: str) -> str:
     blank space in the document. Duplicates are detected on this form."""
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = text.rstrip()          # most documents are now one line: nothing to split
+    text = text.rstrip()          # a document of one line, the usual, is not split
     if "\n" in text:
         text = "\n".join(map(str.rstrip, text.split("\n")))
     text = text.lstrip()
