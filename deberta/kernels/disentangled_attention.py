@@ -5,7 +5,10 @@ The scores of ``deberta.attention`` (its module docstring has the exact computat
     s[i, j] = scale * (q_i . k_j + q_i . pos_key[r(i, j)] + k_j . pos_query[r(i, j)]),
 
 are computed tile by tile with flash attention's online softmax; forward keeps only the
-output and the per-row log-sum-exp, and backward recomputes each tile's probabilities.
+output and the per-row log-sum-exp, and backward recomputes each tile's probabilities. The
+three kernels share their tile steps as @triton.jit helpers, which Triton inlines: loading
+a block (``_key_block``, ``_backward_query_block``), the scores of a tile (``_tile_scores``),
+the windows of distances (``_tile_distances``, ``_window``).
 
 How the relative terms are computed inside a tile. r(i, j) depends on the distance only:
 r(i, j) = f(p_i - j), where p_i is query i's position among the keys (p_i = i in
@@ -26,9 +29,9 @@ the window of a query subset (which may span several WINDOWs: a loop) all work a
 
 Backward inverts the same gathers. For a fixed query i the map j -> p_i - j is one-to-one,
 so the score gradients of a tile rearranged by distance, G[i, delta] = dS[i, p_i - delta],
-are another gather; then dq += G @ pos_key[f(window)] and the window's pos_key gradient is
-G^T @ q_tile, added atomically into a per-head buffer indexed by distance (fp32), which
-an index_add folds into the 2S rows afterwards. For p2c, with a fixed key j, distinct query
+are another gather (``_gather_by_distance``); then dq += G @ pos_key[f(window)] and the
+window's pos_key gradient is G^T @ q_tile, added atomically into a per-head buffer indexed
+by distance (fp32), which an index_add folds into the 2S rows afterwards. For p2c, with a fixed key j, distinct query
 positions make i -> p_i - j one-to-one too (its inverse is the table ``inverse``).
 
 Packed inputs (varlen): query, key and value [T, H, d] hold B sequences end to end,
@@ -132,11 +135,59 @@ MASKED_SCORE = tl.constexpr(-1.0e30)
 
 
 # ---------------------------------------------------------------------------------------
-# Tile helpers
+# Tile helpers: the steps that forward and both backward kernels share (Triton inlines them)
 # ---------------------------------------------------------------------------------------
+@triton.jit
+def _program(CU_SEQLENS, heads, query_length, length, VARLEN: tl.constexpr):
+    """(block, batch * heads + head, batch, head, sequence, query length, key length) of
+    this program. Padded, ``sequence`` is the batch index, which the batch strides multiply;
+    varlen (packed [T, H, d]), it is the sequence's first token, which the token strides
+    multiply, and both lengths are the sequence's own. ``sequence`` is int64 for the
+    offsets; the kernels widen ``head`` once past their early return."""
+    block, batch_head = tl.program_id(0), tl.program_id(1)
+    batch, head = batch_head // heads, batch_head % heads
+    if VARLEN:
+        start = tl.load(CU_SEQLENS + batch)
+        own_length = tl.load(CU_SEQLENS + batch + 1) - start
+        sequence, query_length, length = start.to(tl.int64), own_length, own_length
+    else:
+        sequence = batch.to(tl.int64)
+    return block, batch_head, batch, head, sequence, query_length, length
+
+
 @triton.jit
 def _load_rows(base, rows, row_ok, stride_row, dims):
     return tl.load(base + rows[:, None] * stride_row + dims[None, :], mask=row_ok[:, None], other=0.0)
+
+
+@triton.jit
+def _row_statistics(LSE, DELTA, row_stats, rows, row_ok, stride_stats):
+    """What backward keeps of each query row: forward's log-sum-exp and rowsum(dO * O)."""
+    lse = tl.load(LSE + row_stats + rows * stride_stats, mask=row_ok, other=0.0)
+    row_delta = tl.load(DELTA + row_stats + rows * stride_stats, mask=row_ok, other=0.0)
+    return lse, row_delta
+
+
+@triton.jit
+def _backward_query_block(q_base, do_base, LSE, DELTA, row_stats, query_start, query_length, stride_q, stride_do,
+                          stride_stats, dims, BLOCK_M: tl.constexpr):
+    """The queries of one block as backward reads them: their rows, which exist, Q, dO and
+    the row statistics."""
+    rows = query_start + tl.arange(0, BLOCK_M)
+    row_ok = rows < query_length
+    q = _load_rows(q_base, rows, row_ok, stride_q, dims)
+    do = _load_rows(do_base, rows, row_ok, stride_do, dims)
+    lse, row_delta = _row_statistics(LSE, DELTA, row_stats, rows, row_ok, stride_stats)
+    return rows, row_ok, q, do, lse, row_delta
+
+
+@triton.jit
+def _key_block(k_base, v_base, key_start, length, stride_k, stride_v, dims, BLOCK_N: tl.constexpr):
+    """The keys of one block: their columns, which exist, and their K and V rows."""
+    cols = key_start + tl.arange(0, BLOCK_N)
+    col_ok = cols < length
+    k = _load_rows(k_base, cols, col_ok, stride_k, dims)
+    return cols, col_ok, k, _load_rows(v_base, cols, col_ok, stride_v, dims)
 
 
 @triton.jit
@@ -149,6 +200,13 @@ def _query_positions(positions, batch, stride_positions, rows, row_ok, QUERY_POS
     lowest = tl.min(tl.where(row_ok, pos, 1 << 30), axis=0)
     highest = tl.max(tl.where(row_ok, pos, -(1 << 30)), axis=0)
     return pos, lowest, highest
+
+
+@triton.jit
+def _tile_distances(q_lowest, q_highest, key_start, BLOCK_N: tl.constexpr):
+    """The lowest and highest distance p_i - j of a tile; its windows start at the lowest
+    and step by WINDOW."""
+    return q_lowest - key_start - BLOCK_N + 1, q_highest - key_start
 
 
 @triton.jit
@@ -170,20 +228,6 @@ def _kept(seed, batch_head, rows, cols, length, dropout_p):
 
 
 @triton.jit
-def _sequence(CU_SEQLENS, batch, query_length, length, VARLEN: tl.constexpr):
-    """(offset, query length, key length) of this program's sequence. Padded, the offset
-    is the batch index, which the batch strides multiply; varlen (packed [T, H, d]), it is
-    the sequence's first token, which the token strides multiply, and both lengths are the
-    sequence's own."""
-    if VARLEN:
-        start = tl.load(CU_SEQLENS + batch)
-        own_length = tl.load(CU_SEQLENS + batch + 1) - start
-        return start.to(tl.int64), own_length, own_length
-    else:
-        return batch.to(tl.int64), query_length, length
-
-
-@triton.jit
 def _raw_scores(q, k, q_pos, q_lowest, q_highest, key_start, cols, pos_key, pos_query, table,
                 stride_rel, table_length, dims,
                 HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -191,8 +235,9 @@ def _raw_scores(q, k, q_pos, q_lowest, q_highest, key_start, cols, pos_key, pos_
     """q.k + q.pos_key[r] + k.pos_query[r] of one tile, fp32, unscaled."""
     scores = tl.dot(q, tl.trans(k), input_precision=PRECISION)
     if HAS_C2P or HAS_P2C:
-        for delta_start in range(q_lowest - key_start - BLOCK_N + 1, q_highest - key_start + 1, WINDOW):
-            deltas, rel_rows, usable = _window(table, delta_start, q_highest - key_start, table_length, WINDOW)
+        lowest, highest = _tile_distances(q_lowest, q_highest, key_start, BLOCK_N)
+        for delta_start in range(lowest, highest + 1, WINDOW):
+            deltas, rel_rows, usable = _window(table, delta_start, highest, table_length, WINDOW)
             local = q_pos[:, None] - cols[None, :] - delta_start  # pair (i, j) -> its place in the window
             inside = (local >= 0) & (local < WINDOW)
             local = tl.minimum(tl.maximum(local, 0), WINDOW - 1)
@@ -221,9 +266,76 @@ def _allowed_pairs(key_mask, query_mask, batch, stride_km, stride_qm, rows, row_
 
 
 @triton.jit
-def _log2_scores(raw, scale_log2, allowed, col_ok):
+def _tile_scores(q, k, q_pos, q_lowest, q_highest, key_start, rows, row_ok, cols, col_ok, pos_key, pos_query,
+                 TABLE, KEY_MASK, QUERY_MASK, batch, scale_log2, srel_r, skm_b, sqm_b, table_length, dims,
+                 HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
+                 HAS_QUERY_MASK: tl.constexpr, BLOCK_N: tl.constexpr, WINDOW: tl.constexpr,
+                 PRECISION: tl.constexpr):
+    """One tile's scores in log2 units (MASKED_SCORE at masked pairs, -inf past the keys),
+    and which pairs the masks allow: what forward and backward both compute."""
+    raw = _raw_scores(q, k, q_pos, q_lowest, q_highest, key_start, cols, pos_key, pos_query, TABLE,
+                      srel_r, table_length, dims, HAS_C2P, HAS_P2C, BLOCK_N, WINDOW, PRECISION)
+    allowed = _allowed_pairs(KEY_MASK, QUERY_MASK, batch, skm_b, sqm_b, rows, row_ok, cols, col_ok,
+                             HAS_KEY_MASK, HAS_QUERY_MASK)
     scores = tl.where(allowed, raw * scale_log2, MASKED_SCORE)
-    return tl.where(col_ok[None, :], scores, float("-inf"))
+    return tl.where(col_ok[None, :], scores, float("-inf")), allowed
+
+
+@triton.jit
+def _tile_probabilities(q, k, v, do, lse, row_delta, q_pos, q_lowest, q_highest, key_start, rows, row_ok,
+                        cols, col_ok, pos_key, pos_query, TABLE, KEY_MASK, QUERY_MASK, batch, batch_head,
+                        seed, dropout_p, scale_log2, srel_r, skm_b, sqm_b, length, table_length, dims,
+                        HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
+                        HAS_QUERY_MASK: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_N: tl.constexpr,
+                        WINDOW: tl.constexpr, PRECISION: tl.constexpr):
+    """Backward's recomputation of one tile: the probabilities after dropout (for dV) and
+    dS, the gradient of the (scaled) scores, zero at masked pairs."""
+    scores, allowed = _tile_scores(q, k, q_pos, q_lowest, q_highest, key_start, rows, row_ok, cols, col_ok,
+                                   pos_key, pos_query, TABLE, KEY_MASK, QUERY_MASK, batch, scale_log2, srel_r,
+                                   skm_b, sqm_b, table_length, dims, HAS_C2P, HAS_P2C, HAS_KEY_MASK,
+                                   HAS_QUERY_MASK, BLOCK_N, WINDOW, PRECISION)
+    probs = tl.where(lse[:, None] == float("inf"), 1.0 / length, tl.math.exp2(scores - lse[:, None]))
+    probs = tl.where(row_ok[:, None] & col_ok[None, :], probs, 0.0)
+    dprobs = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+    if DROPOUT:
+        kept = _kept(seed, batch_head, rows, cols, length, dropout_p)
+        dropped = tl.where(kept, probs / (1.0 - dropout_p), 0.0)
+        dprobs = tl.where(kept, dprobs / (1.0 - dropout_p), 0.0)
+    else:
+        dropped = probs
+    dscores = tl.where(allowed, probs * (dprobs - row_delta[:, None]), 0.0)
+    return dropped, dscores
+
+
+@triton.jit
+def _gather_by_distance(dscores, places, usable, AXIS: tl.constexpr, SIZE: tl.constexpr):
+    """Backward's gather: G = dS taken along AXIS (the keys for c2p, the queries for p2c) at
+    the place of each (row, distance) pair in this block, zero where that place is outside
+    the block (0 .. SIZE - 1) or the distance is not usable."""
+    found = (places >= 0) & (places < SIZE) & tl.expand_dims(usable, 1 - AXIS)
+    places = tl.minimum(tl.maximum(places, 0), SIZE - 1)
+    return tl.where(found, tl.gather(dscores, places, AXIS), 0.0)
+
+
+@triton.jit
+def _p2c_places(deltas, cols, query_start, INVERSE, batch, sinv_b, length, QUERY_POSITIONS: tl.constexpr):
+    """[WINDOW, BLOCK_N]: the place in the query block of the query at position j + delta
+    (with a query subset, ``inverse`` says which query sits there, if any)."""
+    if QUERY_POSITIONS:
+        position = deltas[:, None] + cols[None, :]
+        on_key = (position >= 0) & (position < length)
+        local = tl.load(INVERSE + batch * sinv_b + position, mask=on_key, other=-1)
+        local = tl.where(local >= 0, local - query_start, -1)
+    else:
+        local = deltas[:, None] + cols[None, :] - query_start
+    return local
+
+
+@triton.jit
+def _add_by_distance(dpos, deltas, usable, grad, dims, table_length, HEAD_DIM: tl.constexpr):
+    """Adds a window's relative gradient [WINDOW, d] to the head's fp32 rows by distance."""
+    tl.atomic_add(dpos + (deltas + table_length - 1)[:, None] * HEAD_DIM + dims[None, :], grad,
+                  mask=usable[:, None], sem="relaxed")
 
 
 # ---------------------------------------------------------------------------------------
@@ -239,34 +351,29 @@ def _forward_kernel(Q, K, V, OUT, LSE, POS_KEY, POS_QUERY, TABLE, POSITIONS, KEY
                     HAS_QUERY_MASK: tl.constexpr, QUERY_POSITIONS: tl.constexpr, DROPOUT: tl.constexpr,
                     VARLEN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
                     WINDOW: tl.constexpr, PRECISION: tl.constexpr):
-    block, batch_head = tl.program_id(0), tl.program_id(1)
-    batch, head = batch_head // heads, batch_head % heads
-    sequence, query_length, length = _sequence(CU_SEQLENS, batch, query_length, length, VARLEN)
+    block, batch_head, batch, head, sequence, query_length, length = _program(CU_SEQLENS, heads, query_length,
+                                                                              length, VARLEN)
     if VARLEN:
         if block * BLOCK_M >= query_length:  # the grid covers the longest sequence
             return
-    head64 = head.to(tl.int64)
+    head = head.to(tl.int64)
     rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < query_length
     dims = tl.arange(0, HEAD_DIM)
-    q = _load_rows(Q + sequence * sq_b + head64 * sq_h, rows, row_ok, sq_l, dims)
+    q = _load_rows(Q + sequence * sq_b + head * sq_h, rows, row_ok, sq_l, dims)
     q_pos, q_lowest, q_highest = _query_positions(POSITIONS, batch, spos_b, rows, row_ok, QUERY_POSITIONS)
-    k_base, v_base = K + sequence * sk_b + head64 * sk_h, V + sequence * sv_b + head64 * sv_h
-    pos_key, pos_query = POS_KEY + head64 * srel_h, POS_QUERY + head64 * srel_h
+    k_base, v_base = K + sequence * sk_b + head * sk_h, V + sequence * sv_b + head * sv_h
+    pos_key, pos_query = POS_KEY + head * srel_h, POS_QUERY + head * srel_h
 
     row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
     row_sum = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     for key_start in range(0, length, BLOCK_N):
-        cols = key_start + tl.arange(0, BLOCK_N)
-        col_ok = cols < length
-        k = _load_rows(k_base, cols, col_ok, sk_l, dims)
-        v = _load_rows(v_base, cols, col_ok, sv_l, dims)
-        raw = _raw_scores(q, k, q_pos, q_lowest, q_highest, key_start, cols, pos_key, pos_query, TABLE,
-                          srel_r, table_length, dims, HAS_C2P, HAS_P2C, BLOCK_N, WINDOW, PRECISION)
-        allowed = _allowed_pairs(KEY_MASK, QUERY_MASK, batch, skm_b, sqm_b, rows, row_ok, cols, col_ok,
-                                 HAS_KEY_MASK, HAS_QUERY_MASK)
-        scores = _log2_scores(raw, scale_log2, allowed, col_ok)
+        cols, col_ok, k, v = _key_block(k_base, v_base, key_start, length, sk_l, sv_l, dims, BLOCK_N)
+        scores, _ = _tile_scores(q, k, q_pos, q_lowest, q_highest, key_start, rows, row_ok, cols, col_ok, pos_key,
+                                 pos_query, TABLE, KEY_MASK, QUERY_MASK, batch, scale_log2, srel_r, skm_b, sqm_b,
+                                 table_length, dims, HAS_C2P, HAS_P2C, HAS_KEY_MASK, HAS_QUERY_MASK, BLOCK_N,
+                                 WINDOW, PRECISION)
         new_max = tl.maximum(row_max, tl.max(scores, axis=1))
         rescale = tl.math.exp2(row_max - new_max)
         probs = tl.math.exp2(scores - new_max[:, None])
@@ -277,39 +384,12 @@ def _forward_kernel(Q, K, V, OUT, LSE, POS_KEY, POS_QUERY, TABLE, POSITIONS, KEY
         acc = acc * rescale[:, None] + tl.dot(probs.to(v.dtype), v, input_precision=PRECISION)
         row_max = new_max
     out = acc / row_sum[:, None]
-    tl.store(OUT + sequence * so_b + head64 * so_h + rows[:, None] * so_l + dims[None, :],
+    tl.store(OUT + sequence * so_b + head * so_h + rows[:, None] * so_l + dims[None, :],
              out.to(OUT.dtype.element_ty), mask=row_ok[:, None])
     # A row whose every pair is masked is uniform over the keys, but MASKED_SCORE + log2(L)
     # does not exist in fp32: +inf marks such rows for backward.
     lse = tl.where(row_max == MASKED_SCORE, float("inf"), row_max + tl.math.log2(row_sum))
-    tl.store(LSE + sequence * slse_b + head64 * slse_h + rows * slse_l, lse, mask=row_ok)
-
-
-@triton.jit
-def _tile_probabilities(q, k, v, do, lse, row_delta, q_pos, q_lowest, q_highest, key_start, rows, row_ok,
-                        cols, col_ok, pos_key, pos_query, TABLE, KEY_MASK, QUERY_MASK, batch, batch_head,
-                        seed, dropout_p, scale_log2, srel_r, skm_b, sqm_b, length, table_length, dims,
-                        HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
-                        HAS_QUERY_MASK: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_N: tl.constexpr,
-                        WINDOW: tl.constexpr, PRECISION: tl.constexpr):
-    """Backward's recomputation of one tile: the probabilities after dropout (for dV) and
-    dS, the gradient of the (scaled) scores, zero at masked pairs."""
-    raw = _raw_scores(q, k, q_pos, q_lowest, q_highest, key_start, cols, pos_key, pos_query, TABLE,
-                      srel_r, table_length, dims, HAS_C2P, HAS_P2C, BLOCK_N, WINDOW, PRECISION)
-    allowed = _allowed_pairs(KEY_MASK, QUERY_MASK, batch, skm_b, sqm_b, rows, row_ok, cols, col_ok,
-                             HAS_KEY_MASK, HAS_QUERY_MASK)
-    scores = _log2_scores(raw, scale_log2, allowed, col_ok)
-    probs = tl.where(lse[:, None] == float("inf"), 1.0 / length, tl.math.exp2(scores - lse[:, None]))
-    probs = tl.where(row_ok[:, None] & col_ok[None, :], probs, 0.0)
-    dprobs = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-    if DROPOUT:
-        kept = _kept(seed, batch_head, rows, cols, length, dropout_p)
-        dropped = tl.where(kept, probs / (1.0 - dropout_p), 0.0)
-        dprobs = tl.where(kept, dprobs / (1.0 - dropout_p), 0.0)
-    else:
-        dropped = probs
-    dscores = tl.where(allowed, probs * (dprobs - row_delta[:, None]), 0.0)
-    return dropped, dscores
+    tl.store(LSE + sequence * slse_b + head * slse_h + rows * slse_l, lse, mask=row_ok)
 
 
 @triton.jit
@@ -325,66 +405,51 @@ def _backward_key_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DPOS_QUERY, POS_KEY, P
                          VARLEN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                          HEAD_DIM: tl.constexpr, WINDOW: tl.constexpr, PRECISION: tl.constexpr):
     """One key block against every query block: dK, dV and the p2c part of dPosQuery."""
-    block, batch_head = tl.program_id(0), tl.program_id(1)
-    batch, head = batch_head // heads, batch_head % heads
-    sequence, query_length, length = _sequence(CU_SEQLENS, batch, query_length, length, VARLEN)
+    block, batch_head, batch, head, sequence, query_length, length = _program(CU_SEQLENS, heads, query_length,
+                                                                              length, VARLEN)
     if VARLEN:
         if block * BLOCK_N >= length:
             return
-    head64 = head.to(tl.int64)
+    head = head.to(tl.int64)
     key_start = block * BLOCK_N
     cols = key_start + tl.arange(0, BLOCK_N)
     col_ok = cols < length
     dims = tl.arange(0, HEAD_DIM)
-    k = _load_rows(K + sequence * sk_b + head64 * sk_h, cols, col_ok, sk_l, dims)
-    v = _load_rows(V + sequence * sv_b + head64 * sv_h, cols, col_ok, sv_l, dims)
-    q_base, do_base = Q + sequence * sq_b + head64 * sq_h, DO + sequence * sdo_b + head64 * sdo_h
-    pos_key, pos_query = POS_KEY + head64 * srel_h, POS_QUERY + head64 * srel_h
-    dpos_query = DPOS_QUERY + head64 * (2 * table_length - 1) * HEAD_DIM
-    row_stats = sequence * slse_b + head64 * slse_h
+    k = _load_rows(K + sequence * sk_b + head * sk_h, cols, col_ok, sk_l, dims)
+    v = _load_rows(V + sequence * sv_b + head * sv_h, cols, col_ok, sv_l, dims)
+    q_base, do_base = Q + sequence * sq_b + head * sq_h, DO + sequence * sdo_b + head * sdo_h
+    pos_key, pos_query = POS_KEY + head * srel_h, POS_QUERY + head * srel_h
+    dpos_query = DPOS_QUERY + head * (2 * table_length - 1) * HEAD_DIM
+    row_stats = sequence * slse_b + head * slse_h
 
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     for query_start in range(0, query_length, BLOCK_M):
-        rows = query_start + tl.arange(0, BLOCK_M)
-        row_ok = rows < query_length
-        q = _load_rows(q_base, rows, row_ok, sq_l, dims)
-        do = _load_rows(do_base, rows, row_ok, sdo_l, dims)
-        lse = tl.load(LSE + row_stats + rows * slse_l, mask=row_ok, other=0.0)
-        row_delta = tl.load(DELTA + row_stats + rows * slse_l, mask=row_ok, other=0.0)
+        rows, row_ok, q, do, lse, row_delta = _backward_query_block(
+            q_base, do_base, LSE, DELTA, row_stats, query_start, query_length, sq_l, sdo_l, slse_l, dims, BLOCK_M)
         q_pos, q_lowest, q_highest = _query_positions(POSITIONS, batch, spos_b, rows, row_ok, QUERY_POSITIONS)
         dropped, dscores = _tile_probabilities(
             q, k, v, do, lse, row_delta, q_pos, q_lowest, q_highest, key_start, rows, row_ok, cols, col_ok,
             pos_key, pos_query, TABLE, KEY_MASK, QUERY_MASK, batch, batch_head, seed, dropout_p, scale_log2,
             srel_r, skm_b, sqm_b, length, table_length, dims, HAS_C2P, HAS_P2C, HAS_KEY_MASK, HAS_QUERY_MASK,
-            DROPOUT,
-            BLOCK_N, WINDOW, PRECISION)
+            DROPOUT, BLOCK_N, WINDOW, PRECISION)
         dv += tl.dot(tl.trans(dropped.to(do.dtype)), do, input_precision=PRECISION)
         dk += tl.dot(tl.trans(dscores.to(q.dtype)), q, input_precision=PRECISION)
         if HAS_P2C:
-            # by_delta[delta, j] = dS[i, j] for the query i at position j + delta, if in this block.
-            for delta_start in range(q_lowest - key_start - BLOCK_N + 1, q_highest - key_start + 1, WINDOW):
-                deltas, rel_rows, usable = _window(TABLE, delta_start, q_highest - key_start, table_length,
-                                                   WINDOW)
-                if QUERY_POSITIONS:
-                    position = deltas[:, None] + cols[None, :]
-                    on_key = (position >= 0) & (position < length)
-                    local = tl.load(INVERSE + batch * sinv_b + position, mask=on_key, other=-1)
-                    local = tl.where(local >= 0, local - query_start, -1)
-                else:
-                    local = deltas[:, None] + cols[None, :] - query_start
-                found = (local >= 0) & (local < BLOCK_M) & usable[:, None]
-                local = tl.minimum(tl.maximum(local, 0), BLOCK_M - 1)
-                by_delta = tl.where(found, tl.gather(dscores, local, 0), 0.0).to(k.dtype)  # [WINDOW, BLOCK_N]
+            lowest, highest = _tile_distances(q_lowest, q_highest, key_start, BLOCK_N)
+            for delta_start in range(lowest, highest + 1, WINDOW):
+                deltas, rel_rows, usable = _window(TABLE, delta_start, highest, table_length, WINDOW)
+                # by_delta[delta, j] = dS[i, j] for the query i at position j + delta.
+                local = _p2c_places(deltas, cols, query_start, INVERSE, batch, sinv_b, length, QUERY_POSITIONS)
+                by_delta = _gather_by_distance(dscores, local, usable, 0, BLOCK_M).to(k.dtype)  # [WINDOW, BLOCK_N]
                 rel = _load_rows(pos_query, rel_rows, usable, srel_r, dims)
                 dk += tl.dot(tl.trans(by_delta), rel, input_precision=PRECISION)
-                grad_rel = tl.dot(by_delta, k, input_precision=PRECISION) * scale
-                tl.atomic_add(dpos_query + (deltas + table_length - 1)[:, None] * HEAD_DIM + dims[None, :],
-                              grad_rel,
-                              mask=usable[:, None], sem="relaxed")
-    tl.store(DK + sequence * sdk_b + head64 * sdk_h + cols[:, None] * sdk_l + dims[None, :],
+                _add_by_distance(dpos_query, deltas, usable,
+                                 tl.dot(by_delta, k, input_precision=PRECISION) * scale, dims, table_length,
+                                 HEAD_DIM)
+    tl.store(DK + sequence * sdk_b + head * sdk_h + cols[:, None] * sdk_l + dims[None, :],
              (dk * scale).to(DK.dtype.element_ty), mask=col_ok[:, None])
-    tl.store(DV + sequence * sdv_b + head64 * sdv_h + cols[:, None] * sdv_l + dims[None, :],
+    tl.store(DV + sequence * sdv_b + head * sdv_h + cols[:, None] * sdv_l + dims[None, :],
              dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
 
 
@@ -401,55 +466,46 @@ def _backward_query_kernel(Q, K, V, DO, LSE, DELTA, DQ, DPOS_KEY, POS_KEY, POS_Q
                            VARLEN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                            HEAD_DIM: tl.constexpr, WINDOW: tl.constexpr, PRECISION: tl.constexpr):
     """One query block against every key block: dQ and the c2p part of dPosKey."""
-    block, batch_head = tl.program_id(0), tl.program_id(1)
-    batch, head = batch_head // heads, batch_head % heads
-    sequence, query_length, length = _sequence(CU_SEQLENS, batch, query_length, length, VARLEN)
+    block, batch_head, batch, head, sequence, query_length, length = _program(CU_SEQLENS, heads, query_length,
+                                                                              length, VARLEN)
     if VARLEN:
         if block * BLOCK_M >= query_length:
             return
-    head64 = head.to(tl.int64)
+    head = head.to(tl.int64)
     rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < query_length
     dims = tl.arange(0, HEAD_DIM)
-    q = _load_rows(Q + sequence * sq_b + head64 * sq_h, rows, row_ok, sq_l, dims)
-    do = _load_rows(DO + sequence * sdo_b + head64 * sdo_h, rows, row_ok, sdo_l, dims)
-    row_stats = sequence * slse_b + head64 * slse_h
-    lse = tl.load(LSE + row_stats + rows * slse_l, mask=row_ok, other=0.0)
-    row_delta = tl.load(DELTA + row_stats + rows * slse_l, mask=row_ok, other=0.0)
+    q = _load_rows(Q + sequence * sq_b + head * sq_h, rows, row_ok, sq_l, dims)
+    do = _load_rows(DO + sequence * sdo_b + head * sdo_h, rows, row_ok, sdo_l, dims)
+    row_stats = sequence * slse_b + head * slse_h
+    lse, row_delta = _row_statistics(LSE, DELTA, row_stats, rows, row_ok, slse_l)
     q_pos, q_lowest, q_highest = _query_positions(POSITIONS, batch, spos_b, rows, row_ok, QUERY_POSITIONS)
-    k_base, v_base = K + sequence * sk_b + head64 * sk_h, V + sequence * sv_b + head64 * sv_h
-    pos_key, pos_query = POS_KEY + head64 * srel_h, POS_QUERY + head64 * srel_h
-    dpos_key = DPOS_KEY + head64 * (2 * table_length - 1) * HEAD_DIM
+    k_base, v_base = K + sequence * sk_b + head * sk_h, V + sequence * sv_b + head * sv_h
+    pos_key, pos_query = POS_KEY + head * srel_h, POS_QUERY + head * srel_h
+    dpos_key = DPOS_KEY + head * (2 * table_length - 1) * HEAD_DIM
 
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     for key_start in range(0, length, BLOCK_N):
-        cols = key_start + tl.arange(0, BLOCK_N)
-        col_ok = cols < length
-        k = _load_rows(k_base, cols, col_ok, sk_l, dims)
-        v = _load_rows(v_base, cols, col_ok, sv_l, dims)
+        cols, col_ok, k, v = _key_block(k_base, v_base, key_start, length, sk_l, sv_l, dims, BLOCK_N)
         _, dscores = _tile_probabilities(
             q, k, v, do, lse, row_delta, q_pos, q_lowest, q_highest, key_start, rows, row_ok, cols, col_ok,
             pos_key, pos_query, TABLE, KEY_MASK, QUERY_MASK, batch, batch_head, seed, dropout_p, scale_log2,
             srel_r, skm_b, sqm_b, length, table_length, dims, HAS_C2P, HAS_P2C, HAS_KEY_MASK, HAS_QUERY_MASK,
-            DROPOUT,
-            BLOCK_N, WINDOW, PRECISION)
+            DROPOUT, BLOCK_N, WINDOW, PRECISION)
         dq += tl.dot(dscores.to(k.dtype), k, input_precision=PRECISION)
         if HAS_C2P:
-            # by_delta[i, delta] = dS[i, j] for the key j at distance delta from query i.
-            for delta_start in range(q_lowest - key_start - BLOCK_N + 1, q_highest - key_start + 1, WINDOW):
-                deltas, rel_rows, usable = _window(TABLE, delta_start, q_highest - key_start, table_length,
-                                                   WINDOW)
+            lowest, highest = _tile_distances(q_lowest, q_highest, key_start, BLOCK_N)
+            for delta_start in range(lowest, highest + 1, WINDOW):
+                deltas, rel_rows, usable = _window(TABLE, delta_start, highest, table_length, WINDOW)
+                # by_delta[i, delta] = dS[i, j] for the key j at distance delta from query i.
                 local = q_pos[:, None] - deltas[None, :] - key_start
-                found = (local >= 0) & (local < BLOCK_N) & usable[None, :]
-                local = tl.minimum(tl.maximum(local, 0), BLOCK_N - 1)
-                by_delta = tl.where(found, tl.gather(dscores, local, 1), 0.0).to(q.dtype)  # [BLOCK_M, WINDOW]
+                by_delta = _gather_by_distance(dscores, local, usable, 1, BLOCK_N).to(q.dtype)  # [BLOCK_M, WINDOW]
                 rel = _load_rows(pos_key, rel_rows, usable, srel_r, dims)
                 dq += tl.dot(by_delta, rel, input_precision=PRECISION)
-                grad_rel = tl.dot(tl.trans(by_delta), q, input_precision=PRECISION) * scale
-                tl.atomic_add(dpos_key + (deltas + table_length - 1)[:, None] * HEAD_DIM + dims[None, :],
-                              grad_rel,
-                              mask=usable[:, None], sem="relaxed")
-    tl.store(DQ + sequence * sdq_b + head64 * sdq_h + rows[:, None] * sdq_l + dims[None, :],
+                _add_by_distance(dpos_key, deltas, usable,
+                                 tl.dot(tl.trans(by_delta), q, input_precision=PRECISION) * scale, dims,
+                                 table_length, HEAD_DIM)
+    tl.store(DQ + sequence * sdq_b + head * sdq_h + rows[:, None] * sdq_l + dims[None, :],
              (dq * scale).to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
 
