@@ -68,6 +68,16 @@ BENCHMARKS = {
                           "Finetuning steps (forward, backward, AdamW) on batches drawn from real GLUE training "
                           "files, padded to the batch's longest against packed end to end (`--unpadded`), the same "
                           "batches alternating; tokens/s counts real tokens."),
+    "kernel_resources": ("Fused attention kernels: compile-time resources", "python -m bench.kernel_resources",
+                         "The three Triton kernels of the `triton` backend (forward, backward by key block, "
+                         "backward by query block), built on a CPU machine with no GPU by Triton's compiler and "
+                         "its bundled ptxas for sm_90 (H100/H200) and sm_80 (A100), bf16 with both relative "
+                         "terms, dropout and a key mask (padded) or cu_seqlens (varlen): registers per thread, "
+                         "bytes spilled to local memory, stack and shared memory, for the tiles `_blocks` picks "
+                         "and, on the padded layout, a few alternatives. A kernel that runs out of its 255 "
+                         "registers spills values to local memory (cached in L1/L2 but far slower than "
+                         "registers), and the spill loads in its inner loop slow it down; these are compile-time "
+                         "figures, though, and only a GPU run (`bash bench/gpu_check.sh`) measures speed."),
 }
 
 INTRO = """\
