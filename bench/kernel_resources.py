@@ -193,15 +193,16 @@ def main(argv=None) -> dict:
     if ptxas_path() is None:
         raise SystemExit("Triton's bundled ptxas was not found: install Triton with its NVIDIA backend "
                          "(pip install '.[triton]')")
-    # A fresh cache: every build is compiled, none read back from an earlier run.
-    os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="kernel-resources-")
     builds = plan(args)
     print(f"{len(builds)} builds", flush=True)
     rows = []
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        for row in pool.map(measure, builds):
-            rows.append(row)
-            print(" | ".join(map(str, table_row(row))) + f" | {row['compile_seconds']} s", flush=True)
+    # A fresh cache: every build is compiled, none read back from an earlier run.
+    with tempfile.TemporaryDirectory(prefix="kernel-resources-") as cache:
+        os.environ["TRITON_CACHE_DIR"] = cache
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            for row in pool.map(measure, builds):
+                rows.append(row)
+                print(" | ".join(map(str, table_row(row))) + f" | {row['compile_seconds']} s", flush=True)
     best = least_spilling(rows)
     notes = [f"Least spilling that fits shared memory (padded layout; spill stores + loads of the kernels built, summed): "
              + "; ".join(f"{name}: {Tiles(**total['tiles'])}{' (current)' if total['current'] else ''}, "
