@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 from collections import Counter
 from pathlib import Path
@@ -72,8 +73,9 @@ def measure(glue: Path, tokenizer_path: Path, command: str) -> dict:
 
 def describe_path(path: Path) -> str:
     """The path from the repository root (tests/assets/..., ../shared/data/...) where it is
-    near, so that the file does not name this machine's folders."""
-    path = Path(path).resolve()
+    near, so that the file does not name this machine's folders. Links are not followed:
+    a checkout beside a link to the shared data names it as ../shared too."""
+    path = Path(os.path.abspath(path))
     if path.is_relative_to(REPO):
         return str(path.relative_to(REPO))
     return f"../{path.relative_to(REPO.parent)}" if path.is_relative_to(REPO.parent) else str(path)
