@@ -595,16 +595,22 @@ def relative_layout(rel_index: torch.Tensor, length: int, span: int) -> Relative
 # Launch and autograd
 # ---------------------------------------------------------------------------------------
 def _blocks(head_dim: int, device=None) -> tuple[int, int, int, int]:
-    """(BLOCK_M = BLOCK_N, WINDOW, num_warps, num_stages). The interpreter's cost is per
-    operation, not per element: tiles of 32 keep its runs short while still covering several
-    blocks in the tests. On GPUs untuned. Head size 128 runs one pipeline stage; its 64-wide
-    backward needs 112 KB of shared memory (A100, H100), so GPUs with less (sm_86/89: 99 KB)
-    get 32-wide tiles."""
+    """(BLOCK_M = BLOCK_N, WINDOW, num_warps, num_stages) for a launch on ``device`` (None:
+    a GPU with at least 128 KB of shared memory). The interpreter's cost is per operation,
+    not per element: tiles of 32 keep its runs short while still covering several blocks in
+    the tests."""
     if INTERPRETED:
         return 32, 64, 1, 1
+    return gpu_tiles(head_dim, _shared_memory(device) if device is not None else 128 * 1024)
+
+
+def gpu_tiles(head_dim: int, shared_memory: int) -> tuple[int, int, int, int]:
+    """The tiles of a GPU with ``shared_memory`` bytes per block, untuned. Head size 128 runs
+    one pipeline stage; its 64-wide backward needs 112 KB of shared memory (A100, H100), so
+    GPUs with less (sm_86/89: 99 KB) get 32-wide tiles."""
     if head_dim <= 64:
         return 64, 128, 4, 2
-    if device is not None and _shared_memory(device) < 128 * 1024:
+    if shared_memory < 128 * 1024:
         return 32, 64, 4, 1
     return 64, 128, 8, 1
 

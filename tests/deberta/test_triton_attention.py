@@ -87,31 +87,16 @@ def test_cuda_dropout_keep_rate(compiled_kernels):
     assert abs(kept.mean().item() - 0.9) < 5 * math.sqrt(0.09 / kept.numel())
 
 
-# Kernel pointer arguments that are not in the attention's dtype, and the float scalars.
-_POINTER_TYPES = {"TABLE": "*i32", "POSITIONS": "*i32", "INVERSE": "*i32", "KEY_MASK": "*i8", "QUERY_MASK": "*i8",
-                  "CU_SEQLENS": "*i32", "LSE": "*fp32", "DELTA": "*fp32", "DPOS_QUERY": "*fp32", "DPOS_KEY": "*fp32"}
-_FLOAT_SCALARS = {"dropout_p", "scale", "scale_log2"}
-
-
 @pytest.mark.slow
 def test_varlen_kernels_compile_for_hopper_without_a_gpu(compiled_kernels):
     """Triton's own compiler and ptxas build the three kernels for sm_90 with packed inputs
     (bf16, head size 64, both relative terms, dropout), within the H100's shared memory:
     what the interpreter cannot show (it runs constructs that a GPU build may refuse)."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource, compile as compile_kernel
+    from bench.kernel_resources import KERNELS, Build, compile_kernel, current_tiles
 
-    block, window, warps, stages = 64, 128, 4, 2  # _blocks(64) on a GPU
-    flags = dict(HAS_C2P=True, HAS_P2C=True, HAS_KEY_MASK=False, HAS_QUERY_MASK=False,
-                 QUERY_POSITIONS=False, DROPOUT=True, VARLEN=True, BLOCK_M=block, BLOCK_N=block, HEAD_DIM=64,
-                 WINDOW=window, PRECISION="tf32")
-    for kernel in (compiled_kernels._forward_kernel, compiled_kernels._backward_key_kernel,
-                   compiled_kernels._backward_query_kernel):
-        signature = {name: "constexpr" if name in flags else _POINTER_TYPES.get(name, "*bf16") if name.isupper()
-                     else "fp32" if name in _FLOAT_SCALARS else "i32" for name in kernel.arg_names}
-        built = compile_kernel(ASTSource(kernel, signature, flags), target=GPUTarget("cuda", 90, 32),
-                               options=dict(num_warps=warps, num_stages=stages))
-        assert built.asm["cubin"] and built.metadata.shared <= 227 * 1024, kernel.fn.__name__
+    for kernel in KERNELS:  # built as bench.kernel_resources builds them for its report
+        built = compile_kernel(Build(arch=90, head_dim=64, layout="varlen", kernel=kernel, tiles=current_tiles(64)))
+        assert built.asm["cubin"] and built.metadata.shared <= 227 * 1024, kernel
 
 
 def _leaves_copy(inputs, dtype):
