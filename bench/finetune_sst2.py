@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import logging
 import time
@@ -78,7 +79,8 @@ def main(argv=None) -> int:
             lr=args.learning_rate, max_seq_length=args.max_seq_length, eval_batch_size=256, sift=sift,
             eval_interval=200, log_interval=50, warmup_ratio=0.06)
         started = time.time()
-        best = Trainer(config).train()
+        with contextlib.closing(Trainer(config)) as trainer:
+            best = trainer.train()
         summary["runs"][name] = {"dev_accuracy": best["accuracy"], "best_step": best["step"],
                                  "seconds": round(time.time() - started)}
         (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

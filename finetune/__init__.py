@@ -4,7 +4,8 @@
 
 ``FinetuneConfig`` holds the run's sections (the task's ``TaskConfig``, and the optimizer
 and engine settings shared with pretraining), ``Trainer(config).train()`` runs it on the
-shared training core (``training``), and tasks live in ``finetune.tasks`` behind a registry.
+shared training core (``training``) and ``close()`` releases its engine, and tasks live in
+``finetune.tasks`` behind a registry.
 """
 from .config import FinetuneConfig
 from .trainer import Trainer

@@ -60,7 +60,8 @@ def run_once(config: FinetuneConfig, stop: StopSignal) -> tuple[str, Optional[di
         return trainer.status, best
     finally:
         # Nothing of this run may reach the next one: the engine, its optimizer state and the
-        # device memory go now, not whenever the collector gets to them.
+        # device memory go now, not whenever the collector gets to them (or never: ``close``).
+        trainer.close()
         del trainer
         gc.collect()
         if torch.cuda.is_available():

@@ -39,7 +39,7 @@ from deberta.atomic import atomic_folder
 from deberta.checkpoint import read_config
 from training.distributed import device, init_distributed
 from training.ds_config import ConfigError, precision_of, resolve_ds_config, zero_stage
-from training.engine import build_engine, gathered_parameters
+from training.engine import build_engine, gathered_parameters, release_engine
 from training.outputs import Outputs, Throughput, eta
 from training.sync import NonFiniteLoss, StepTotals, check_finite, stop_requested
 
@@ -165,6 +165,10 @@ class Trainer:
         return DataLoader(dataset, batch_size=self.batch_size, sampler=self.train_order, collate_fn=self.task.collate,
                           generator=torch.Generator().manual_seed(self.config.run.seed),
                           pin_memory=self.device.type == "cuda")  # pinned: copied without the host waiting
+
+    def close(self) -> None:
+        """Release the engine (``training.engine.release_engine``); the trainer is done."""
+        release_engine(self.engine)
 
     # --- training -----------------------------------------------------------------------
     def train(self) -> dict:

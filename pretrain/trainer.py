@@ -13,6 +13,7 @@ on SIGTERM.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -28,7 +29,7 @@ from deberta import load_tokenizer
 from deberta.errors import InputError, run_command
 from training.distributed import device, init_distributed, shutdown
 from training.ds_config import ConfigError, precision_of, resolve_ds_config, zero_stage
-from training.engine import build_engine, loss_scale, parameter_count
+from training.engine import build_engine, loss_scale, parameter_count, release_engine
 from training.checkpoint import CheckpointManager, check_same_run
 from training.outputs import Outputs, Throughput, eta
 from training.sync import BAD_INPUT, BadInput, NonFiniteLoss, StepAgreement, StepTotals, stop_requested
@@ -201,6 +202,11 @@ class Trainer:
             raise bad_input
         return exit_code
 
+    def close(self) -> None:
+        """Release the engines (``training.engine.release_engine``); the trainer is done."""
+        for engine in self.engines.values():
+            release_engine(engine)
+
     def _on_sigterm(self, signum, frame):
         self.sigterm = True
 
@@ -331,6 +337,7 @@ def main(argv=None) -> None:
 def _run(argv: list[str]) -> int:
     config = parse_args(argv)
     try:
-        return Trainer(config).train()
+        with contextlib.closing(Trainer(config)) as trainer:
+            return trainer.train()
     finally:
         shutdown()

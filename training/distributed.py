@@ -133,6 +133,11 @@ def _start_group(timeout: datetime.timedelta, retry_port: bool = False) -> tuple
     distributed_c10d.default_pg_timeout = timeout
     if isinstance(distributed_c10d.default_pg_nccl_timeout, datetime.timedelta):
         distributed_c10d.default_pg_nccl_timeout = timeout
+    # torch.distributed.nn.functional's functions take ``group=group.WORLD`` as a default
+    # argument, read when the module is imported: torch._dynamo imports it when first used, and
+    # after this point that would hold the world group past ``shutdown`` until the interpreter
+    # tears it down, gloo's threads with it, in no set order. Imported now, the default is None.
+    import torch.distributed.nn  # noqa: F401
     try:
         deepspeed.init_distributed(timeout=timeout)
         dist.barrier()  # every rank has mapped its peers' buffers

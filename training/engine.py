@@ -3,6 +3,7 @@
     ds = resolve_ds_config(engine_config, optimizer_config, world)
     engine = build_engine(module, ds, optimizer_config, total_steps, engine_config)   # --compile from it
     loss = engine(**batch); engine.backward(loss); engine.step()   # updates at the accumulation boundary
+    release_engine(engine)                                          # when the run ends
 """
 from __future__ import annotations
 
@@ -31,6 +32,15 @@ def build_engine(module: torch.nn.Module, ds: dict, optimizer: OptimizerConfig, 
     schedule = build_schedule(torch_optimizer, optimizer.warmup(total_steps), total_steps)
     engine, _, _, _ = deepspeed.initialize(model=module, optimizer=torch_optimizer, lr_scheduler=schedule, config=ds)
     return engine
+
+
+def release_engine(engine) -> None:
+    """Let the engine go. ZeRO's gradient hooks hang the optimizer on the parameters' autograd
+    nodes, a cycle through C++ that the collector cannot break: without removing them, an
+    engine, its optimizer state and the process groups it holds live until the interpreter
+    exits, where gloo's threads are torn down in no set order (now and then the rank then
+    aborts with "terminate called without an active exception" after a successful run)."""
+    engine.destroy()
 
 
 def gathered_parameters(engine):

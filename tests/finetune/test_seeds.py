@@ -1,11 +1,13 @@
 """--seeds: one run per seed in OUTPUT/seed_<s>/, each ending exactly as a single run with that
 seed (nothing leaks from one run to the next), a summary with the median and spread, and a
 rerun that skips the finished seeds and resumes the stopped one."""
+import gc
 import json
 import statistics
+import weakref
 
 import pytest
-from test_deepspeed import launch
+from test_deepspeed import REPO, launch
 from test_resume import StopAfterSteps, outcome
 
 from finetune.config import parse_args
@@ -98,3 +100,24 @@ def test_seeds_under_the_deepspeed_launcher_equal_single_runs(tmp_path, tiny_mod
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert outcome(seeds_dir / "out" / "seed_6") == outcome(single_dir / "out")
     assert json.loads((seeds_dir / "out" / "seeds_summary.json").read_text())["seeds"] == [5, 6]
+
+
+def test_every_seeds_engine_is_gone_when_its_run_ends(tmp_path, tiny_model, sentiment_files, monkeypatch):
+    """ZeRO-2's gradient hooks tie an engine to its parameters through autograd, where the
+    collector cannot free it: each run releases its engine, or the next seed's run (and the
+    process's exit) would still hold it, its optimizer state and its process groups."""
+    import finetune.trainer
+    engines = []
+
+    def recorded(*args, **kwargs):
+        engine = build_engine(*args, **kwargs)
+        engines.append(weakref.ref(engine))
+        return engine
+
+    build_engine = finetune.trainer.build_engine
+    monkeypatch.setattr(finetune.trainer, "build_engine", recorded)
+    argv = command(sentiment_files, tiny_model, tmp_path / "seeds", "--seeds", "2", "--max_steps", "2",
+                   "--ds_config", str(REPO / "ds_configs" / "finetune_bf16.json"), "--precision", "fp32")
+    assert main(argv) == 0
+    gc.collect()
+    assert len(engines) == 2 and [engine() for engine in engines] == [None, None]
