@@ -337,7 +337,12 @@ def main(argv=None) -> None:
 def _run(argv: list[str]) -> int:
     config = parse_args(argv)
     try:
-        with contextlib.closing(Trainer(config)) as trainer:
-            return trainer.train()
+        return _train(config)
     finally:
         shutdown()
+
+
+def _train(config: TrainConfig) -> int:
+    # A function of its own: the trainer is gone (its engines released) before ``shutdown``.
+    with contextlib.closing(Trainer(config)) as trainer:
+        return trainer.train()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ctypes
 import datetime
+import gc
 import os
 import signal
 import socket
@@ -404,3 +405,6 @@ def shutdown() -> None:
         _Heartbeat.current.stopped.set()
     if dist.is_initialized():
         deepspeed.comm.destroy_process_group()
+        # The groups end with their last reference, cycles of a finished engine's objects
+        # included: collected here, while the interpreter is whole, not in its teardown.
+        gc.collect()

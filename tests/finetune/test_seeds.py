@@ -1,7 +1,6 @@
 """--seeds: one run per seed in OUTPUT/seed_<s>/, each ending exactly as a single run with that
 seed (nothing leaks from one run to the next), a summary with the median and spread, and a
 rerun that skips the finished seeds and resumes the stopped one."""
-import gc
 import json
 import statistics
 import weakref
@@ -104,8 +103,9 @@ def test_seeds_under_the_deepspeed_launcher_equal_single_runs(tmp_path, tiny_mod
 
 def test_every_seeds_engine_is_gone_when_its_run_ends(tmp_path, tiny_model, sentiment_files, monkeypatch):
     """ZeRO-2's gradient hooks tie an engine to its parameters through autograd, where the
-    collector cannot free it: each run releases its engine, or the next seed's run (and the
-    process's exit) would still hold it, its optimizer state and its process groups."""
+    collector cannot free it: each run releases its engine, or the next seed's run, and the
+    process group's shutdown, would still find it with its optimizer state and process groups."""
+    import finetune.main
     import finetune.trainer
     engines = []
 
@@ -114,10 +114,14 @@ def test_every_seeds_engine_is_gone_when_its_run_ends(tmp_path, tiny_model, sent
         engines.append(weakref.ref(engine))
         return engine
 
-    build_engine = finetune.trainer.build_engine
+    def recorded_shutdown():
+        shutdown()  # which collects what is garbage
+        alive_at_shutdown.extend(engine for engine in engines if engine() is not None)
+
+    build_engine, shutdown, alive_at_shutdown = finetune.trainer.build_engine, finetune.main.shutdown, []
     monkeypatch.setattr(finetune.trainer, "build_engine", recorded)
+    monkeypatch.setattr(finetune.main, "shutdown", recorded_shutdown)
     argv = command(sentiment_files, tiny_model, tmp_path / "seeds", "--seeds", "2", "--max_steps", "2",
                    "--ds_config", str(REPO / "ds_configs" / "finetune_bf16.json"), "--precision", "fp32")
     assert main(argv) == 0
-    gc.collect()
-    assert len(engines) == 2 and [engine() for engine in engines] == [None, None]
+    assert len(engines) == 2 and alive_at_shutdown == []
