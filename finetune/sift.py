@@ -38,23 +38,38 @@ nothing there; here D is the squared difference in both the probe and the final 
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-Divergence = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (perturbed, clean) -> one value per row
+
+class CountedRows(NamedTuple):
+    """Per-row divergences of which only some rows count (NER: the real tokens of a padded
+    batch), with a 0/1 weight per row. SiFT sums them for its probe and averages the counted
+    ones for its loss by weights, so the step does not wait for the host to learn how many
+    rows count, as a boolean selection would."""
+    values: torch.Tensor
+    counted: torch.Tensor
+
+    def sum(self) -> torch.Tensor:
+        return (self.values * self.counted).sum()
+
+    def mean(self) -> torch.Tensor:
+        return self.sum() / self.counted.sum().clamp_min(1)
 
 
-def symmetric_kl(logits: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tensor] = None,
-                 reduction: str = "mean") -> torch.Tensor:
+# (perturbed, clean) -> one value per row, or CountedRows where only some rows count
+Divergence = Callable[[torch.Tensor, torch.Tensor], Union[torch.Tensor, CountedRows]]
+
+
+def symmetric_kl(logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """KL(p_target || p) + KL(p || p_target) over the last dimension, per row (``reduction``
-    "none", the rows ``mask`` selects) or averaged over the rows.
+    "none") or averaged over the rows.
 
     Each direction treats its reference distribution as a constant, so the gradient
     reaches both logits as in the reference: d/d logits = p - p_target, and vice versa.
-    ``mask`` (the leading shape) selects the rows that count.
     """
     logits, target = logits.float().flatten(0, -2), target.float().flatten(0, -2)
     log_p, log_q = F.log_softmax(logits, -1), F.log_softmax(target, -1)
@@ -62,11 +77,7 @@ def symmetric_kl(logits: torch.Tensor, target: torch.Tensor, mask: Optional[torc
     forward = (q.detach() * (log_q.detach() - log_p)).sum(-1)
     backward = (p.detach() * (log_p.detach() - log_q)).sum(-1)
     per_row = forward + backward
-    if mask is not None:
-        per_row = per_row[mask.flatten().bool()]
-    if reduction == "none":
-        return per_row
-    return per_row.mean() if per_row.numel() else per_row.sum()
+    return per_row if reduction == "none" else per_row.mean()
 
 
 def squared_difference(perturbed: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
@@ -99,11 +110,11 @@ class EmbeddingPerturbation:
         return (x32 + scale * self.delta).to(x.dtype), *inputs[1:]
 
     def ascend(self, grad: torch.Tensor) -> None:
-        """One normalised ascent step; a non-finite gradient keeps the initial noise."""
-        if not torch.isfinite(grad).all():
-            return
+        """One normalised ascent step; a non-finite gradient keeps the initial noise (chosen on
+        the device: a Python ``if`` would make the host wait for the check)."""
         step = grad / (grad.abs().amax(-1, keepdim=True) + 1e-6)
-        self.delta = (self.delta + self.step_size * step).detach()
+        ascended = self.delta + self.step_size * step
+        self.delta = torch.where(torch.isfinite(grad).all(), ascended, self.delta).detach()
 
     def remove(self) -> None:
         self._handle.remove()

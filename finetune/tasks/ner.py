@@ -23,7 +23,7 @@ from deberta.atomic import atomic_write
 
 from .. import metrics as M
 from ..data import DataError, Split, TruncationCounter
-from ..sift import symmetric_kl
+from ..sift import CountedRows, symmetric_kl
 from .base import Task, register
 
 DOCSTART = "-DOCSTART-"
@@ -135,6 +135,8 @@ class NerTask(Task):
             lines.append("\n")
         return atomic_write(path, "".join(lines))
 
-    def divergence(self, perturbed: torch.Tensor, clean: torch.Tensor, batch: dict) -> torch.Tensor:
+    def divergence(self, perturbed: torch.Tensor, clean: torch.Tensor, batch: dict) -> torch.Tensor | CountedRows:
         """Per-token distributions, counting the real tokens only."""
-        return symmetric_kl(perturbed, clean, mask=batch.get("attention_mask"), reduction="none")  # packed: all real
+        per_token = symmetric_kl(perturbed, clean, reduction="none")
+        mask = batch.get("attention_mask")  # packed batches have none: every token is real
+        return per_token if mask is None else CountedRows(per_token, mask.flatten().to(per_token.dtype))

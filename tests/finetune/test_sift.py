@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from deberta import load_model
-from finetune.sift import SiFT, EmbeddingPerturbation, squared_difference, symmetric_kl
+from finetune.sift import CountedRows, EmbeddingPerturbation, SiFT, squared_difference, symmetric_kl
 
 
 def _normalise(x, eps=1e-5):
@@ -29,13 +29,15 @@ def test_symmetric_kl_value_and_gradients():
     assert torch.allclose(target.grad, (q - p).detach() / 5, atol=1e-6)
 
 
-def test_symmetric_kl_mask_counts_selected_rows_only():
+def test_counted_rows_sum_and_average_the_counted_rows_only():
     logits, target = torch.randn(2, 4, 3), torch.randn(2, 4, 3)
     mask = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0]])
     rows = mask.flatten().bool()
     expected = symmetric_kl(logits.flatten(0, 1)[rows], target.flatten(0, 1)[rows], reduction="none")
-    assert torch.allclose(symmetric_kl(logits, target, mask, reduction="none"), expected)
-    assert torch.allclose(symmetric_kl(logits, target, mask), expected.mean())
+    counted = CountedRows(symmetric_kl(logits, target, reduction="none"), mask.flatten().float())
+    assert torch.allclose(counted.sum(), expected.sum()) and torch.allclose(counted.mean(), expected.mean())
+    nothing = CountedRows(counted.values, torch.zeros(8))
+    assert nothing.sum().item() == 0.0 and nothing.mean().item() == 0.0
 
 
 def test_regression_divergence_is_the_squared_difference_per_row():
@@ -161,12 +163,16 @@ def test_every_task_gives_one_divergence_per_row_that_counts(tiny_model):
     from deberta import load_tokenizer
     tokenizer = load_tokenizer(tiny_model)
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
-    cases = {"sst-2": ((2, 2), 2), "sts-b": ((2, 1), 2), "ner": ((2, 4, 5), 5), "squad": ((2, 4, 2), 4),
+    cases = {"sst-2": ((2, 2), 2), "sts-b": ((2, 1), 2), "ner": ((2, 4, 5), 8), "squad": ((2, 4, 2), 4),
              "race": ((2, 4), 2)}
     for task, (shape, rows) in cases.items():
         config = FinetuneConfig.create(task=task, model=tiny_model, output_dir="o", data_dir="d").run
         divergence = build_task(config, tokenizer).divergence
         clean = torch.randn(shape)
         per_row = divergence(clean + 0.5 * torch.randn(shape), clean, {"attention_mask": mask})
+        same = divergence(clean, clean, {"attention_mask": mask})
+        if task == "ner":  # every token has a value; the real ones count
+            assert torch.equal(per_row.counted, mask.flatten().float()), task
+            per_row, same = per_row.values, same.values
         assert per_row.shape == (rows,) and (per_row > 0).all(), task
-        assert torch.equal(divergence(clean, clean, {"attention_mask": mask}), torch.zeros(rows)), task
+        assert torch.equal(same, torch.zeros(rows)), task

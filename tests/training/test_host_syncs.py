@@ -195,9 +195,15 @@ def test_exact_target_count_is_a_host_wait_and_the_fixed_count_is_not(shards, tm
     assert any("deberta/model.py" in where for _, where in waits.ours()), waits.ours()
 
 
+NER_SENTENCES = "John NNP B-PER\nSmith NNP I-PER\nvisited VBD O\nParis NNP B-LOC\n. . O\n\n" \
+                "The DT O\nUnited NNP B-ORG\nNations NNP I-ORG\nmet VBD O\nin IN O\nGeneva NNP B-LOC\n\n"
+
+
 @pytest.mark.slow
-def test_finetuning_steps_wait_only_for_the_agreement(tmp_path, monkeypatch, agreements):
-    """A few SST-2-style steps: only the agreement and the evaluation (outside the step) read values."""
+@pytest.mark.parametrize("task, sift", [("sst-2", False), ("ner", True)])
+def test_finetuning_steps_wait_only_for_the_agreement(tmp_path, monkeypatch, agreements, task, sift):
+    """A few steps of SST-2, and of NER with SiFT (whose divergence counts the real tokens of a
+    padded batch): only the agreement and the evaluation (outside the step) read values."""
     from finetune.config import FinetuneConfig
     from finetune.trainer import Trainer
     from training.distributed import shutdown
@@ -213,9 +219,11 @@ def test_finetuning_steps_wait_only_for_the_agreement(tmp_path, monkeypatch, agr
     rows = [f"{s}\t{i % 2}\n" for i, s in enumerate(sentences * 6)]
     (tmp_path / "train.tsv").write_text("sentence\tlabel\n" + "".join(rows))
     (tmp_path / "dev.tsv").write_text("sentence\tlabel\n" + "".join(rows[:8]))
-    config = FinetuneConfig.create(task="sst-2", model=str(model), data_dir=str(tmp_path),
-                                   output_dir=str(tmp_path / "out"), max_steps=4, batch_size=4, grad_accum=2, log_interval=100, tensorboard=False,
-                                   save_best=False)
+    (tmp_path / "train.txt").write_text(NER_SENTENCES * 8)
+    (tmp_path / "dev.txt").write_text(NER_SENTENCES * 2)
+    config = FinetuneConfig.create(task=task, model=str(model), data_dir=str(tmp_path), sift=sift,
+                                   output_dir=str(tmp_path / "out"), max_steps=4, batch_size=4, grad_accum=2,
+                                   log_interval=100, tensorboard=False, save_best=False)
     try:
         trainer = Trainer(config)
         with HostWaits() as waits:
