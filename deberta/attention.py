@@ -127,8 +127,8 @@ class Packing:
     this module). The fused kernels locate each sequence by ``cu_seqlens``; the others
     compute on a padded batch: ``pad`` scatters the tokens into ``[B, Lmax, ...]`` (Lmax the
     longest sequence of this batch, not the model's maximum), the backend runs there with
-    ``mask``, and ``unpad`` gathers the real tokens back (``attend_padded``). Work that
-    slides along a sequence (the nGiE convolution) and the QA head pad likewise.
+    ``mask``, and ``unpad`` gathers the real tokens back (``attend_padded``). The QA head
+    pads likewise; the nGiE convolution slides along ``spaced`` tokens instead.
 
     ``cu_seqlens`` [B+1] int: cumulative lengths, 0 first and T last; ``max_seqlen`` the
     longest length, given as a Python int so that no step waits to read it off the device.
@@ -143,6 +143,7 @@ class Packing:
         # output_size: the total is known on the host, so repeat_interleave need not sync.
         sequence = torch.repeat_interleave(torch.arange(self.batch, device=cu_seqlens.device), lengths,
                                            output_size=total_tokens)
+        self.sequence = sequence  # [T]: the sequence of each token
         self.starts = starts  # [B]: each sequence's first token ([CLS])
         self.positions = torch.arange(total_tokens, device=cu_seqlens.device) - starts[sequence]  # [T]
         self.slots = sequence * self.max_seqlen + self.positions  # [T]: the token's place in [B * Lmax]
@@ -156,6 +157,15 @@ class Packing:
     def unpad(self, padded: torch.Tensor) -> torch.Tensor:
         """[B, Lmax, ...] -> [T, ...]: the real tokens, in packed order."""
         return padded.flatten(0, 1).index_select(0, self.slots)
+
+    def spaced(self, tokens: torch.Tensor, gap: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """[T, ...] -> ([T + B * gap, ...] with ``gap`` zero rows after each sequence, the row of
+        each token there [T]). A window reaching at most ``gap`` tokens either side of a token
+        sees its own sequence and zeros, as in a zero-padded batch, at T + B * gap rows where
+        padding takes B * Lmax."""
+        rows = torch.arange(tokens.shape[0], device=tokens.device) + self.sequence * gap
+        spaced = tokens.new_zeros((tokens.shape[0] + self.batch * gap, *tokens.shape[1:]))
+        return spaced.index_copy(0, rows, tokens), rows
 
 
 def attend_padded(backend: Backend, query, key, value, pos_key, pos_query, rel_index, packing: Packing, scale,

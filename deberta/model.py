@@ -441,8 +441,10 @@ class ConvLayer(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, layer_input, layer_output, mask):
-        if isinstance(mask, Packing):  # the convolution slides along each sequence, padded with zeros
-            out = mask.unpad(self.conv(mask.pad(layer_input).transpose(1, 2)).transpose(1, 2))
+        if isinstance(mask, Packing):  # along the packed stream, zeros between the sequences
+            reach = max(self.conv.padding[0], self.conv.kernel_size[0] - 1 - self.conv.padding[0])
+            stream, rows = mask.spaced(layer_input, reach)
+            out = self.conv(stream.t().unsqueeze(0)).squeeze(0).t().index_select(0, rows)
             return self.LayerNorm(layer_output + self.act(self.dropout(out)))
         out = self.conv(layer_input.transpose(1, 2)).transpose(1, 2)
         keep = None if mask is None else mask.unsqueeze(-1).to(layer_output.dtype)

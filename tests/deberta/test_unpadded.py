@@ -69,6 +69,25 @@ def test_packing_pads_and_unpads():
     assert packing.pad(tokens, fill=-1).tolist() == [[0, 1, -1], [2, 3, 4], [5, -1, -1]]
     assert packing.unpad(packing.pad(tokens)).tolist() == tokens.tolist()
     assert packing.mask.tolist() == [[True, True, False], [True, True, True], [True, False, False]]
+    spaced, rows = packing.spaced(tokens + 1, gap=2)
+    assert spaced.tolist() == [1, 2, 0, 0, 3, 4, 5, 0, 0, 6, 0, 0] and rows.tolist() == [0, 1, 4, 5, 6, 9]
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_ngie_convolution_packed_slides_within_each_sequence(kernel, monkeypatch):
+    """The packed convolution runs along the spaced stream, never a padded batch: each output
+    is the padded batch's, a sequence of one token and windows wider than a neighbour included."""
+    from deberta.model import ConvLayer
+    config = DebertaConfig(**{**V3, "conv_kernel_size": kernel})
+    torch.manual_seed(0)
+    conv = ConvLayer(config).eval()
+    lengths = [3, 1, 7, 2]
+    packing = Packing(torch.tensor([0] + lengths).cumsum(0).to(torch.int32), max(lengths), sum(lengths))
+    layer_input, layer_output = torch.randn(sum(lengths), 32), torch.randn(sum(lengths), 32)
+    padded_out = conv(packing.pad(layer_input), packing.pad(layer_output), packing.mask.long())
+    monkeypatch.setattr(Packing, "pad", lambda *_: pytest.fail("the packed convolution padded its input"))
+    torch.testing.assert_close(conv(layer_input, layer_output, packing), packing.unpad(padded_out),
+                               atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("version", ["v3", "v1"])
