@@ -235,16 +235,12 @@ def encode_piece(job: EncodeJob) -> dict:
         flush()
         while in_flight:
             write(*in_flight.pop(0))
-    except InputReadError as error:
+    except BaseException as error:  # nothing of this piece is kept; an unreadable input is reported
         encoder.shutdown(cancel_futures=True)
         for output in outputs.values():
             output.discard()
-        return {"key": piece.key, "path": piece.path, "error": str(error),
-                "problems": problems.to_json()}
-    except BaseException:
-        encoder.shutdown(cancel_futures=True)
-        for output in outputs.values():
-            output.discard()
+        if isinstance(error, InputReadError):
+            return {"key": piece.key, "path": piece.path, "error": str(error), "problems": problems.to_json()}
         raise
     encoder.shutdown()
     for output in outputs.values():
