@@ -50,6 +50,8 @@ Backend = Callable[..., torch.Tensor]
 def relative_terms(scaled_query, key, pos_key, pos_query, rel_index, scale):
     """The c2p and p2c scores, each [B, H, Lq, L] or None; the query comes already
     multiplied by ``scale``."""
+    if pos_key is None and pos_query is None:  # no relative term (relative_attention off): no index either
+        return None, None
     batch, heads, query_length, _ = scaled_query.shape
     length = key.shape[-2]
     rel_index = rel_index if rel_index.dim() == 2 else rel_index.unsqueeze(1)  # [B, 1, Lq, L]

@@ -27,9 +27,12 @@ V2_FIELDS = dict(
 # v2 without the shared key, with absolute positions in the input and a narrower embedding.
 V2_UNSHARED_FIELDS = dict(V2_FIELDS, share_att_key=False, position_biased_input=True, embedding_size=24,
                           conv_kernel_size=0, norm_rel_ebd="none", type_vocab_size=2)
+# No relative attention at all: content-to-content scores and absolute positions in the input
+# (pos_att_type still counts in the scale, 1/sqrt(3d), as transformers counts it).
+V2_ABSOLUTE_FIELDS = dict(V2_UNSHARED_FIELDS, relative_attention=False)
 
 VARIANTS = {"v1": ("deberta", V1_FIELDS), "v2": ("deberta-v2", V2_FIELDS),
-            "v2_unshared": ("deberta-v2", V2_UNSHARED_FIELDS)}
+            "v2_unshared": ("deberta-v2", V2_UNSHARED_FIELDS), "v2_absolute": ("deberta-v2", V2_ABSOLUTE_FIELDS)}
 HF_CLASSES = {
     "backbone": "Model", "masked_lm": "ForMaskedLM", "sequence_classification": "ForSequenceClassification",
     "token_classification": "ForTokenClassification", "question_answering": "ForQuestionAnswering",
