@@ -1,9 +1,7 @@
 """Shared test setup: markers, paths to the shared data, tiny assets, and a check at the
 end of the session that nothing of ours is left behind: no process started by the session
 (found by a mark in its environment, even after its parent died), no /dev/shm file of ours."""
-import gc
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -95,22 +93,9 @@ def _owned_since(path: Path, since: float) -> bool:
     return info.st_uid == os.getuid() and info.st_ctime >= since
 
 
-def _release_engines() -> None:
-    """Tests that train in this process and keep the trainer leave engines that ZeRO's gradient
-    hooks keep alive (``training.engine.release_engine``): released here, so that their process
-    groups end now and not in the interpreter's teardown."""
-    if "deepspeed" not in sys.modules:
-        return
-    from deepspeed.runtime.engine import DeepSpeedEngine
-    for engine in [o for o in gc.get_objects() if isinstance(o, DeepSpeedEngine)]:
-        engine.destroy()
-    gc.collect()
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session, exitstatus):
     """Fail the session when a process it started or a /dev/shm file of ours outlives it."""
-    _release_engines()
     started, mark = session.config.leftover_check
     deadline = time.time() + LEFTOVER_GRACE_S
     while True:
