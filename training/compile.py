@@ -6,7 +6,8 @@ serves all N layers: it is built once, in the same time for 2 layers as for 48. 
 layers hold nearly all the work (projections, disentangled attention, FFN, LayerNorms);
 what stays eager is cheap next to them or needs the host anyway: embedding lookups, the
 relative-position table (built once), heads, losses and metrics, DeepSpeed's hooks. The
-enhanced mask decoder's passes go through the same compiled last layer.
+enhanced mask decoder's passes go through the same compiled last layer. The fused Triton
+attention (``attention_backend="triton"``) is one custom operator inside that graph.
 
 Shapes: a graph is specialised to its input shapes, and a second shape makes PyTorch
 build a graph with a symbolic one. Pretraining keeps every shape fixed (packed sequences,

@@ -78,16 +78,15 @@ def triton_attention(query, key, value, pos_key, pos_query, rel_index, mask, sca
     query_length, length = ((packing.max_seqlen,) * 2 if packing is not None
                             else (query.shape[-2], key.shape[-2]))
     reason = unsupported_reason(query, key, query_length, length)
-    layout = None
     relative = pos_key if pos_key is not None else pos_query
-    if reason is None and relative is not None:
-        from .disentangled_attention import relative_layout
-        layout = relative_layout(rel_index, length, relative.shape[-2] // 2)
-        reason = layout.reason
-        if reason is None and packing is not None and layout.positions is not None:
-            reason = "packed queries away from their own positions (the varlen kernels run self-attention only)"
+    # Whether the index is a function of distance is read off the device: eager layers check
+    # (once per index, cached) and fall back; a compiled layer cannot, and leaves it to the
+    # kernels' operator, which refuses such an index (DeBERTa's own indexes all are).
+    if reason is None and relative is not None and not torch.compiler.is_compiling():
+        from .disentangled_attention import kernel_layout
+        _, reason = kernel_layout(rel_index, relative, length, packing is not None)
     if reason is not None:
         return _fall_back(reason, *args, dropout_p=dropout_p, query_mask=query_mask)
     from .disentangled_attention import fused_disentangled_attention
-    return fused_disentangled_attention(query, key, value, pos_key, pos_query, layout, mask, scale,
+    return fused_disentangled_attention(query, key, value, pos_key, pos_query, rel_index, mask, scale,
                                         dropout_p=dropout_p, query_mask=query_mask)

@@ -47,6 +47,10 @@ Attention dropout draws its keep mask from Philox with one seed per call and the
 (row, column) of each (batch, head), so backward regenerates the same mask; a packed
 sequence b of n tokens draws the mask a padded batch of length n would give its row b.
 
+For torch.compile the kernels are two custom operators, ``deberta::disentangled_attention``
+and its backward: a compiled layer holds them as single nodes of its graph, without tracing
+into the launches or the layout cache (see ``disentangled_attention_op``).
+
 Precision: every product accumulates in fp32 and the scale is applied to the fp32 sum, so
 no half-precision intermediate exists that could overflow (the failure the pre-scaling of
 ``eager`` and ``sdpa`` avoids); probabilities enter the P @ V product in the input dtype,
@@ -56,6 +60,7 @@ from __future__ import annotations
 
 import os
 import weakref
+from typing import Optional
 
 import torch
 import triton
@@ -643,93 +648,173 @@ def _geometry(query, key, cu_seqlens, max_seqlen) -> tuple[int, int, int, int, i
     return cu_seqlens.shape[0] - 1, query.shape[1], max_seqlen, max_seqlen, query.shape[2]
 
 
-class FusedDisentangledAttention(torch.autograd.Function):
-    """Padded inputs [B, H, L, d], or packed ones [T, H, d] located by ``cu_seqlens`` [B+1]
-    (int32) with ``max_seqlen`` (then the masks are None)."""
+def kernel_layout(rel_index: Optional[torch.Tensor], relative: Optional[torch.Tensor], length: int,
+                  packed: bool) -> tuple[Optional[RelativeLayout], Optional[str]]:
+    """(the cached layout of the index, None without relative terms; why the kernels cannot
+    take it, or None)."""
+    if relative is None:
+        return None, None
+    layout = relative_layout(rel_index, length, relative.shape[-2] // 2)
+    if layout.reason is None and packed and layout.positions is not None:
+        return layout, "packed queries away from their own positions (the varlen kernels run self-attention only)"
+    return layout, layout.reason
 
-    @staticmethod
-    def forward(ctx, query, key, value, pos_key, pos_query, layout, key_mask, query_mask, scale, dropout_p, seed,
-                cu_seqlens, max_seqlen):
-        varlen = cu_seqlens is not None
-        batch, heads, query_length, length, head_dim = _geometry(query, key, cu_seqlens, max_seqlen)
-        block, window, warps, stages = _blocks(head_dim, query.device)
-        if varlen:
-            out = query.new_empty(query.shape)
-            lse = torch.empty(query.shape[:2], dtype=torch.float32, device=query.device)  # [T, H]
-        else:
-            # [B, Lq, H, d] in memory, viewed as [B, H, Lq, d]: the caller's transpose back is free.
-            out = query.new_empty(batch, query_length, heads, head_dim).transpose(1, 2)
-            lse = torch.empty(batch, heads, query_length, dtype=torch.float32, device=query.device)
-        relative = pos_key if pos_key is not None else pos_query
-        dummy = query.new_empty(0)
-        args = _launch_args(relative, layout, key_mask, query_mask, dummy)
-        _forward_kernel[(triton.cdiv(query_length, block), batch * heads)](
-            query, key, value, out, lse,
-            pos_key if pos_key is not None else dummy, pos_query if pos_query is not None else dummy,
-            args["table"], args["positions"], args["key_mask"], args["query_mask"],
-            cu_seqlens if varlen else dummy,
-            seed, dropout_p, scale * _LOG2E,
-            *_strides(query, varlen), *_strides(key, varlen), *_strides(value, varlen), *_strides(out, varlen),
-            *_strides(lse, varlen),
-            *args["rel_strides"], args["spos_b"], args["skm_b"], args["sqm_b"],
-            heads, query_length, length, length,
-            **_flags(pos_key, pos_query, key_mask, query_mask, layout, dropout_p, query), VARLEN=varlen,
-            BLOCK_M=block, BLOCK_N=block, HEAD_DIM=head_dim, WINDOW=window, num_warps=warps, num_stages=stages)
-        ctx.save_for_backward(query, key, value, pos_key, pos_query, out, lse, key_mask, query_mask, cu_seqlens)
-        ctx.layout, ctx.scale, ctx.dropout_p, ctx.seed, ctx.max_seqlen = layout, scale, dropout_p, seed, max_seqlen
-        return out
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        query, key, value, pos_key, pos_query, out, lse, key_mask, query_mask, cu_seqlens = ctx.saved_tensors
-        layout, scale, dropout_p, seed = ctx.layout, ctx.scale, ctx.dropout_p, ctx.seed
-        varlen = cu_seqlens is not None
-        batch, heads, query_length, length, head_dim = _geometry(query, key, cu_seqlens, ctx.max_seqlen)
-        block, window, warps, stages = _blocks(head_dim, query.device)
-        if grad_out.stride(-1) != 1:
-            grad_out = grad_out.contiguous()
-        row_delta = (grad_out.float() * out.float()).sum(-1)  # rowsum(dO * O): [B, H, Lq], varlen [T, H]
-        dq, dk, dv = torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
-        # Relative gradients by distance, fp32, summed over the batch by atomic adds.
-        by_distance = torch.zeros(2, heads, 2 * length - 1, head_dim, dtype=torch.float32, device=query.device)
-        relative = pos_key if pos_key is not None else pos_query
-        dummy = query.new_empty(0)
-        args = _launch_args(relative, layout, key_mask, query_mask, dummy)
-        flags = _flags(pos_key, pos_query, key_mask, query_mask, layout, dropout_p, query)
-        pos_key_arg = pos_key if pos_key is not None else dummy
-        pos_query_arg = pos_query if pos_query is not None else dummy
-        common = dict(BLOCK_M=block, BLOCK_N=block, HEAD_DIM=head_dim, WINDOW=window, num_warps=warps,
-                      num_stages=stages, VARLEN=varlen, **flags)
-        _backward_key_kernel[(triton.cdiv(length, block), batch * heads)](
-            query, key, value, grad_out, lse, row_delta, dk, dv, by_distance[1], pos_key_arg, pos_query_arg,
-            args["table"], args["positions"], args["inverse"], args["key_mask"], args["query_mask"],
-            cu_seqlens if varlen else dummy,
-            seed, dropout_p, scale, scale * _LOG2E,
-            *_strides(query, varlen), *_strides(key, varlen), *_strides(value, varlen), *_strides(grad_out, varlen),
-            *_strides(dk, varlen), *_strides(dv, varlen), *_strides(lse, varlen),
-            *args["rel_strides"], args["spos_b"], args["sinv_b"], args["skm_b"], args["sqm_b"],
-            heads, query_length, length, length, **common)
-        _backward_query_kernel[(triton.cdiv(query_length, block), batch * heads)](
-            query, key, value, grad_out, lse, row_delta, dq, by_distance[0], pos_key_arg, pos_query_arg,
-            args["table"], args["positions"], args["key_mask"], args["query_mask"],
-            cu_seqlens if varlen else dummy,
-            seed, dropout_p, scale, scale * _LOG2E,
-            *_strides(query, varlen), *_strides(key, varlen), *_strides(value, varlen), *_strides(grad_out, varlen),
-            *_strides(dq, varlen), *_strides(lse, varlen),
-            *args["rel_strides"], args["spos_b"], args["skm_b"], args["sqm_b"],
-            heads, query_length, length, length, **common)
-        grads = []
-        for input_index, tensor, grad in ((3, pos_key, by_distance[0]), (4, pos_query, by_distance[1])):
-            if tensor is None or not ctx.needs_input_grad[input_index]:
-                grads.append(None)
-                continue
-            # Fold the distances onto their rows of the relative table: row f(delta) += grad[delta].
-            used = layout.table >= 0
-            folded = torch.zeros(tensor.shape, dtype=torch.float32, device=tensor.device)
-            folded.index_add_(1, layout.table[used].long(), grad[:, used])
-            grads.append(folded.to(tensor.dtype))
-        return dq, dk, dv, grads[0], grads[1], None, None, None, None, None, None, None, None
+def _layout(rel_index, relative, length: int, packed: bool) -> Optional[RelativeLayout]:
+    """``kernel_layout`` for the kernels themselves. ``triton_attention`` falls back to sdpa
+    for an index they cannot take, but under torch.compile it does not look at the index,
+    and such an index is an error here."""
+    layout, reason = kernel_layout(rel_index, relative, length, packed)
+    if reason is not None:
+        raise ValueError(f"attention_backend='triton' cannot take this relative index ({reason}): eager "
+                         f"layers run 'sdpa' for it, compiled ones need attention_backend='sdpa'")
+    return layout
 
+
+# The kernels are one operator each way for torch.compile: it neither traces into them (the
+# launch, the layout cache and its one synchronising check run as they do in eager mode) nor
+# breaks the compiled layer's graph around them.
+@torch.library.custom_op("deberta::disentangled_attention", mutates_args=())
+def disentangled_attention_op(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                              pos_key: Optional[torch.Tensor], pos_query: Optional[torch.Tensor],
+                              rel_index: Optional[torch.Tensor], key_mask: Optional[torch.Tensor],
+                              query_mask: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor],
+                              max_seqlen: int, scale: float, dropout_p: float,
+                              seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(output, per-row log-sum-exp, the dropout seed as a CPU int64 scalar). Padded inputs
+    [B, H, L, d], or packed ones [T, H, d] located by ``cu_seqlens`` [B+1] (int32) with
+    ``max_seqlen`` (then the masks are None). ``seed`` < 0: drawn here (``draw_dropout_seed``)."""
+    varlen = cu_seqlens is not None
+    batch, heads, query_length, length, head_dim = _geometry(query, key, cu_seqlens, max_seqlen)
+    relative = pos_key if pos_key is not None else pos_query
+    layout = _layout(rel_index, relative, length, varlen)
+    if seed < 0:
+        seed = draw_dropout_seed() if dropout_p > 0 else 0
+    block, window, warps, stages = _blocks(head_dim, query.device)
+    out, lse = _forward_outputs(query, varlen)
+    dummy = query.new_empty(0)
+    args = _launch_args(relative, layout, key_mask, query_mask, dummy)
+    _forward_kernel[(triton.cdiv(query_length, block), batch * heads)](
+        query, key, value, out, lse,
+        pos_key if pos_key is not None else dummy, pos_query if pos_query is not None else dummy,
+        args["table"], args["positions"], args["key_mask"], args["query_mask"],
+        cu_seqlens if varlen else dummy,
+        seed, dropout_p, scale * _LOG2E,
+        *_strides(query, varlen), *_strides(key, varlen), *_strides(value, varlen), *_strides(out, varlen),
+        *_strides(lse, varlen),
+        *args["rel_strides"], args["spos_b"], args["skm_b"], args["sqm_b"],
+        heads, query_length, length, length,
+        **_flags(pos_key, pos_query, key_mask, query_mask, layout, dropout_p, query), VARLEN=varlen,
+        BLOCK_M=block, BLOCK_N=block, HEAD_DIM=head_dim, WINDOW=window, num_warps=warps, num_stages=stages)
+    return out, lse, torch.tensor(seed, dtype=torch.int64)
+
+
+def _forward_outputs(query: torch.Tensor, varlen: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Empty (output, log-sum-exp) in the layout the forward kernel writes."""
+    if varlen:
+        return query.new_empty(query.shape), query.new_empty(query.shape[:2], dtype=torch.float32)  # [T, H]
+    batch, heads, query_length, head_dim = query.shape
+    # [B, Lq, H, d] in memory, viewed as [B, H, Lq, d]: the caller's transpose back is free.
+    out = query.new_empty(batch, query_length, heads, head_dim).transpose(1, 2)
+    return out, query.new_empty(batch, heads, query_length, dtype=torch.float32)
+
+
+@disentangled_attention_op.register_fake
+def _(query, key, value, pos_key, pos_query, rel_index, key_mask, query_mask, cu_seqlens, max_seqlen, scale,
+      dropout_p, seed):
+    return *_forward_outputs(query, cu_seqlens is not None), torch.empty((), dtype=torch.int64)
+
+
+@torch.library.custom_op("deberta::disentangled_attention_backward", mutates_args=())
+def disentangled_attention_backward_op(grad_out: torch.Tensor, query: torch.Tensor, key: torch.Tensor,
+                                       value: torch.Tensor, pos_key: Optional[torch.Tensor],
+                                       pos_query: Optional[torch.Tensor], rel_index: Optional[torch.Tensor],
+                                       out: torch.Tensor, lse: torch.Tensor, key_mask: Optional[torch.Tensor],
+                                       query_mask: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor],
+                                       seed: torch.Tensor, max_seqlen: int, scale: float, dropout_p: float,
+                                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv, d pos_key, d pos_query); a relative gradient is empty where that term is off."""
+    varlen = cu_seqlens is not None
+    batch, heads, query_length, length, head_dim = _geometry(query, key, cu_seqlens, max_seqlen)
+    relative = pos_key if pos_key is not None else pos_query
+    layout = _layout(rel_index, relative, length, varlen)
+    block, window, warps, stages = _blocks(head_dim, query.device)
+    if grad_out.stride(-1) != 1:
+        grad_out = grad_out.contiguous()
+    row_delta = (grad_out.float() * out.float()).sum(-1)  # rowsum(dO * O): [B, H, Lq], varlen [T, H]
+    dq, dk, dv = torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
+    # Relative gradients by distance, fp32, summed over the batch by atomic adds.
+    by_distance = torch.zeros(2, heads, 2 * length - 1, head_dim, dtype=torch.float32, device=query.device)
+    dummy = query.new_empty(0)
+    args = _launch_args(relative, layout, key_mask, query_mask, dummy)
+    flags = _flags(pos_key, pos_query, key_mask, query_mask, layout, dropout_p, query)
+    pos_key_arg = pos_key if pos_key is not None else dummy
+    pos_query_arg = pos_query if pos_query is not None else dummy
+    seed = int(seed)  # a CPU scalar: no device synchronisation
+    common = dict(BLOCK_M=block, BLOCK_N=block, HEAD_DIM=head_dim, WINDOW=window, num_warps=warps,
+                  num_stages=stages, VARLEN=varlen, **flags)
+    _backward_key_kernel[(triton.cdiv(length, block), batch * heads)](
+        query, key, value, grad_out, lse, row_delta, dk, dv, by_distance[1], pos_key_arg, pos_query_arg,
+        args["table"], args["positions"], args["inverse"], args["key_mask"], args["query_mask"],
+        cu_seqlens if varlen else dummy,
+        seed, dropout_p, scale, scale * _LOG2E,
+        *_strides(query, varlen), *_strides(key, varlen), *_strides(value, varlen), *_strides(grad_out, varlen),
+        *_strides(dk, varlen), *_strides(dv, varlen), *_strides(lse, varlen),
+        *args["rel_strides"], args["spos_b"], args["sinv_b"], args["skm_b"], args["sqm_b"],
+        heads, query_length, length, length, **common)
+    _backward_query_kernel[(triton.cdiv(query_length, block), batch * heads)](
+        query, key, value, grad_out, lse, row_delta, dq, by_distance[0], pos_key_arg, pos_query_arg,
+        args["table"], args["positions"], args["key_mask"], args["query_mask"],
+        cu_seqlens if varlen else dummy,
+        seed, dropout_p, scale, scale * _LOG2E,
+        *_strides(query, varlen), *_strides(key, varlen), *_strides(value, varlen), *_strides(grad_out, varlen),
+        *_strides(dq, varlen), *_strides(lse, varlen),
+        *args["rel_strides"], args["spos_b"], args["skm_b"], args["sqm_b"],
+        heads, query_length, length, length, **common)
+    relative_grads = []
+    for tensor, grad in ((pos_key, by_distance[0]), (pos_query, by_distance[1])):
+        if tensor is None:
+            relative_grads.append(query.new_empty(0))  # an output of its own: outputs may not alias
+            continue
+        # Fold the distances onto their rows of the relative table: row f(delta) += grad[delta].
+        used = layout.table >= 0
+        folded = torch.zeros(tensor.shape, dtype=torch.float32, device=tensor.device)
+        folded.index_add_(1, layout.table[used].long(), grad[:, used])
+        relative_grads.append(folded.to(tensor.dtype))
+    return dq, dk, dv, *relative_grads
+
+
+@disentangled_attention_backward_op.register_fake
+def _(grad_out, query, key, value, pos_key, pos_query, rel_index, out, lse, key_mask, query_mask, cu_seqlens,
+      seed, max_seqlen, scale, dropout_p):
+    def relative_grad(tensor):
+        return query.new_empty(0) if tensor is None else torch.empty_like(tensor)
+
+    return (torch.empty_like(query), torch.empty_like(key), torch.empty_like(value), relative_grad(pos_key),
+            relative_grad(pos_query))
+
+
+def _keep_for_backward(ctx, inputs, output):
+    query, key, value, pos_key, pos_query, rel_index, key_mask, query_mask, cu_seqlens, max_seqlen, scale, \
+        dropout_p, _ = inputs
+    out, lse, seed = output
+    ctx.mark_non_differentiable(lse, seed)
+    ctx.save_for_backward(query, key, value, pos_key, pos_query, rel_index, out, lse, key_mask, query_mask,
+                          cu_seqlens, seed)
+    ctx.max_seqlen, ctx.scale, ctx.dropout_p = max_seqlen, scale, dropout_p
+
+
+def _backward(ctx, grad_out, _grad_lse, _grad_seed):
+    query, key, value, pos_key, pos_query, rel_index, out, lse, key_mask, query_mask, cu_seqlens, seed = \
+        ctx.saved_tensors
+    dq, dk, dv, dpos_key, dpos_query = disentangled_attention_backward_op(
+        grad_out, query, key, value, pos_key, pos_query, rel_index, out, lse, key_mask, query_mask, cu_seqlens,
+        seed, ctx.max_seqlen, ctx.scale, ctx.dropout_p)
+    return (dq, dk, dv, dpos_key if pos_key is not None else None, dpos_query if pos_query is not None else None,
+            *[None] * 8)
+
+
+disentangled_attention_op.register_autograd(_backward, setup_context=_keep_for_backward)
 
 
 def _launch_args(relative, layout, key_mask, query_mask, dummy) -> dict:
@@ -757,27 +842,30 @@ def _flags(pos_key, pos_query, key_mask, query_mask, layout, dropout_p, query) -
                 DROPOUT=dropout_p > 0, PRECISION="ieee" if query.dtype == torch.float32 else "tf32")
 
 
-def fused_disentangled_attention(query, key, value, pos_key, pos_query, layout, mask, scale,
+def fused_disentangled_attention(query, key, value, pos_key, pos_query, rel_index, mask, scale,
                                  dropout_p=0.0, query_mask=None, seed=None):
-    """The kernels on prepared inputs (see ``deberta.kernels.triton_attention`` for the
-    checks and the fallback). ``layout``: a RelativeLayout, or None without relative terms.
+    """The kernels on inputs ``deberta.kernels.triton_attention`` has checked (it falls back
+    where they cannot run). ``rel_index``: the relative index, unused without relative terms.
     ``mask`` a ``Packing``: query, key and value are packed [T, H, d] and the varlen kernels
-    run each sequence on its own tokens (no query mask then)."""
+    run each sequence on its own tokens (no query mask then). ``seed``: dropout's, drawn
+    from torch's generator when None."""
     def unit_stride(t):
         return t if t.stride(-1) == 1 else t.contiguous()
 
     query, key, value = unit_stride(query), unit_stride(key), unit_stride(value)
     pos_key = None if pos_key is None else pos_key.to(query.dtype).contiguous()
     pos_query = None if pos_query is None else pos_query.to(query.dtype).contiguous()
-    cu_seqlens = max_seqlen = None
+    if pos_key is None and pos_query is None:
+        rel_index = None
+    cu_seqlens, max_seqlen = None, 0
     if isinstance(mask, Packing):
         cu_seqlens, max_seqlen, mask = mask.cu_seqlens.to(torch.int32).contiguous(), mask.max_seqlen, None
     key_mask = None if mask is None else mask.to(torch.int8).contiguous()
     query_mask = None if query_mask is None else query_mask.to(torch.int8).contiguous()
-    if dropout_p > 0 and seed is None:
-        seed = draw_dropout_seed()
-    return FusedDisentangledAttention.apply(query, key, value, pos_key, pos_query, layout, key_mask, query_mask,
-                                            float(scale), float(dropout_p), int(seed or 0), cu_seqlens, max_seqlen)
+    out, _, _ = disentangled_attention_op(query, key, value, pos_key, pos_query, rel_index, key_mask, query_mask,
+                                          cu_seqlens, max_seqlen, float(scale), float(dropout_p),
+                                          -1 if seed is None else int(seed))
+    return out
 
 
 def dropout_keep_mask(seed: int, shape, dropout_p: float, device) -> torch.Tensor:

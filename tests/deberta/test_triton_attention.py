@@ -455,3 +455,44 @@ def test_packed_model_matches_padded_eager(kernels):
     assert grads_eager.keys() == grads_fused.keys()
     for name, grad in grads_eager.items():
         torch.testing.assert_close(grads_fused[name], grad, atol=2e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_a_compiled_layer_runs_the_kernels_as_one_operator(kernels, packed):
+    """torch.compile neither traces into the kernels (their launch, the layout cache and its
+    check run as in eager mode) nor breaks the layer's graph around them: one graph, and the
+    compiled layer's output and gradients, attention dropout included, are eager's."""
+    import torch._dynamo
+    from deberta.model import DebertaForMaskedLM
+    config = DebertaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=64, max_relative_positions=32,
+                           position_buckets=8, attention_backend="triton", hidden_dropout_prob=0.0,
+                           attention_probs_dropout_prob=0.2)
+    torch.manual_seed(0)
+    encoder = DebertaForMaskedLM(config).train().deberta.encoder
+    layer = encoder.layer[0]
+    lengths = [24, 17, 9]
+    rel_embeddings, rel_index = encoder.relative_inputs(max(lengths), torch.device("cpu"))
+    if packed:
+        states = torch.randn(sum(lengths), 32)
+        mask = Packing(torch.tensor([0] + lengths).cumsum(0).to(torch.int32), max(lengths), sum(lengths))
+    else:
+        states = torch.randn(len(lengths), max(lengths), 32)
+        mask = (torch.arange(max(lengths)) < torch.tensor(lengths)[:, None]).long()
+    arguments = (states, mask, rel_embeddings, rel_index)
+    explanation = torch._dynamo.explain(layer.forward)(*arguments)
+    assert (explanation.graph_count, explanation.graph_break_count) == (1, 0), explanation.break_reasons
+
+    def run(forward):
+        encoder.zero_grad()
+        inputs = states.clone().requires_grad_()
+        rel_embeddings, _ = encoder.relative_inputs(max(lengths), torch.device("cpu"))
+        torch.manual_seed(7)  # the same dropout seed for both
+        out = forward(inputs, mask, rel_embeddings, rel_index)
+        out.pow(2).sum().backward()
+        return [out, inputs.grad] + [p.grad.clone() for p in encoder.parameters() if p.grad is not None]
+
+    eager = run(layer.forward)
+    compiled = run(torch.compile(layer.forward, backend="aot_eager", fullgraph=True))
+    for got, expected in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
