@@ -13,7 +13,6 @@ on SIGTERM.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import signal
@@ -344,5 +343,9 @@ def _run(argv: list[str]) -> int:
 
 def _train(config: TrainConfig) -> int:
     # A function of its own: the trainer is gone (its engines released) before ``shutdown``.
-    with contextlib.closing(Trainer(config)) as trainer:
-        return trainer.train()
+    # Not after an error: the rank then reports first, before the launcher's SIGTERM to the
+    # survivors of a dead rank arrives, and its process ends anyway.
+    trainer = Trainer(config)
+    exit_code = trainer.train()
+    trainer.close()
+    return exit_code

@@ -399,12 +399,15 @@ def shutdown() -> None:
     the same process, as in tests, starts clean). Called from a ``finally``."""
     import deepspeed.comm
     import torch.distributed as dist
-    if _Heartbeat.current is not None and sys.exc_info()[1] is None:
+    normal_end = sys.exc_info()[1] is None
+    if _Heartbeat.current is not None and normal_end:
         # A normal end: stop beating before rank 0's store closes. During an error the beat goes
         # on, so that the other ranks' reports do not count this one as gone.
         _Heartbeat.current.stopped.set()
     if dist.is_initialized():
         deepspeed.comm.destroy_process_group()
-        # The groups end with their last reference, cycles of a finished engine's objects
-        # included: collected here, while the interpreter is whole, not in its teardown.
-        gc.collect()
+        if normal_end:
+            # The groups end with their last reference, cycles of a finished engine's objects
+            # included: collected here, while the interpreter is whole, not in its teardown.
+            # (During an error the rank's report comes first; see _install_fault_report.)
+            gc.collect()
