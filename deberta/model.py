@@ -442,8 +442,8 @@ class ConvLayer(nn.Module):
 
     def forward(self, layer_input, layer_output, mask):
         if isinstance(mask, Packing):  # along the packed stream, zeros between the sequences
-            reach = max(self.conv.padding[0], self.conv.kernel_size[0] - 1 - self.conv.padding[0])
-            stream, rows = mask.spaced(layer_input, reach)
+            # padding (k - 1) // 2 on the left; the window reaches k - 1 - padding to the right, as far or further
+            stream, rows = mask.spaced(layer_input, self.conv.kernel_size[0] - 1 - self.conv.padding[0])
             out = self.conv(stream.t().unsqueeze(0)).squeeze(0).t().index_select(0, rows)
             return self.LayerNorm(layer_output + self.act(self.dropout(out)))
         out = self.conv(layer_input.transpose(1, 2)).transpose(1, 2)

@@ -845,7 +845,7 @@ def _flags(pos_key, pos_query, key_mask, query_mask, layout, dropout_p, query) -
 def fused_disentangled_attention(query, key, value, pos_key, pos_query, rel_index, mask, scale,
                                  dropout_p=0.0, query_mask=None, seed=None):
     """The kernels on inputs ``deberta.kernels.triton_attention`` has checked (it falls back
-    where they cannot run). ``rel_index``: the relative index, unused without relative terms.
+    where they cannot run). ``rel_index``: the relative index, unread without relative terms.
     ``mask`` a ``Packing``: query, key and value are packed [T, H, d] and the varlen kernels
     run each sequence on its own tokens (no query mask then). ``seed``: dropout's, drawn
     from torch's generator when None."""
@@ -855,8 +855,6 @@ def fused_disentangled_attention(query, key, value, pos_key, pos_query, rel_inde
     query, key, value = unit_stride(query), unit_stride(key), unit_stride(value)
     pos_key = None if pos_key is None else pos_key.to(query.dtype).contiguous()
     pos_query = None if pos_query is None else pos_query.to(query.dtype).contiguous()
-    if pos_key is None and pos_query is None:
-        rel_index = None
     cu_seqlens, max_seqlen = None, 0
     if isinstance(mask, Packing):
         cu_seqlens, max_seqlen, mask = mask.cu_seqlens.to(torch.int32).contiguous(), mask.max_seqlen, None
